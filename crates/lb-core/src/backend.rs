@@ -1,0 +1,381 @@
+//! One upstream server and the guard that counts requests in flight to it.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+
+use url::{Host, Url};
+
+use crate::Error;
+
+/// Whether a backend may be given new requests.
+///
+/// Stored in one atomic byte per backend; the pool's snapshot copies it into its list of eligible
+/// backends whenever it changes, so the request path never reads it separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Health {
+    /// Takes traffic. Every backend starts here, so a pool without a health checker serves.
+    Healthy = 0,
+    /// Takes no traffic until it is marked healthy again.
+    Unhealthy = 1,
+}
+
+impl Health {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Health::Healthy,
+            _ => Health::Unhealthy,
+        }
+    }
+
+    /// True when a backend in this state may get new requests.
+    pub fn is_eligible(self) -> bool {
+        self == Health::Healthy
+    }
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+        })
+    }
+}
+
+/// Where to connect: an IP address is used as is, a host name is resolved at connect time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Address {
+    /// An IP literal and port.
+    Ip(SocketAddr),
+    /// A DNS name and port.
+    Name(String, u16),
+}
+
+/// A backend as written by a user: `http://host:port[,weight=N]`.
+///
+/// Parsing checks everything that can be checked without the network, and every error names the
+/// text at fault.
+///
+/// ```
+/// use lb_core::BackendSpec;
+///
+/// let spec: BackendSpec = "http://127.0.0.1:8080,weight=3".parse().unwrap();
+/// assert_eq!(spec.id(), "127.0.0.1:8080");
+/// assert_eq!(spec.weight(), 3);
+/// assert!("ftp://127.0.0.1:21".parse::<BackendSpec>().is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendSpec {
+    url: Url,
+    id: String,
+    address: Address,
+    weight: u32,
+}
+
+impl BackendSpec {
+    /// Parses a bare backend URL (`http://host[:port]`, port 80 when omitted), weight 1.
+    pub fn from_url(text: &str) -> Result<Self, Error> {
+        let url = Url::parse(text).map_err(|e| Error::InvalidUrl {
+            url: text.to_owned(),
+            reason: e.to_string(),
+        })?;
+        if url.scheme() != "http" {
+            return Err(Error::UnsupportedScheme {
+                scheme: url.scheme().to_owned(),
+                url: text.to_owned(),
+            });
+        }
+        let unexpected = |part| Error::UnexpectedPart {
+            url: text.to_owned(),
+            part,
+        };
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(unexpected("credentials"));
+        }
+        if url.path() != "/" {
+            return Err(unexpected("a path"));
+        }
+        if url.query().is_some() {
+            return Err(unexpected("a query"));
+        }
+        if url.fragment().is_some() {
+            return Err(unexpected("a fragment"));
+        }
+        let port = url.port_or_known_default().unwrap_or(80);
+        let (address, id) = match url.host() {
+            Some(Host::Ipv4(ip)) => (
+                Address::Ip(SocketAddr::new(IpAddr::V4(ip), port)),
+                format!("{ip}:{port}"),
+            ),
+            Some(Host::Ipv6(ip)) => (
+                Address::Ip(SocketAddr::new(IpAddr::V6(ip), port)),
+                format!("[{ip}]:{port}"),
+            ),
+            Some(Host::Domain(name)) if !name.is_empty() => (
+                Address::Name(name.to_owned(), port),
+                format!("{name}:{port}"),
+            ),
+            _ => {
+                return Err(Error::InvalidUrl {
+                    url: text.to_owned(),
+                    reason: "no host".to_owned(),
+                });
+            }
+        };
+        Ok(BackendSpec {
+            url,
+            id,
+            address,
+            weight: 1,
+        })
+    }
+
+    /// Sets the weight; 0 is refused because a backend that never gets traffic should be removed.
+    pub fn with_weight(mut self, weight: u32) -> Result<Self, Error> {
+        if weight == 0 {
+            return Err(Error::InvalidOption {
+                key: "weight",
+                value: "0".to_owned(),
+                spec: self.url.as_str().to_owned(),
+                reason: "must be a whole number from 1",
+            });
+        }
+        self.weight = weight;
+        Ok(self)
+    }
+
+    /// `host:port`, the name this backend goes by in logs, metrics and the admin API.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The URL, normalised (`http://host:port/`).
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// Where to connect.
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
+    /// The relative share of traffic for weighted strategies (default 1).
+    pub fn weight(&self) -> u32 {
+        self.weight
+    }
+}
+
+impl FromStr for BackendSpec {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self, Error> {
+        let mut parts = text.split(',');
+        let mut spec = BackendSpec::from_url(parts.next().unwrap_or_default().trim())?;
+        for option in parts {
+            let (key, value) = option.split_once('=').unwrap_or((option, ""));
+            match key.trim() {
+                "weight" => {
+                    let weight = value
+                        .trim()
+                        .parse::<u32>()
+                        .map_err(|_| Error::InvalidOption {
+                            key: "weight",
+                            value: value.to_owned(),
+                            spec: text.to_owned(),
+                            reason: "must be a whole number from 1",
+                        })?;
+                    spec = spec.with_weight(weight).map_err(|_| Error::InvalidOption {
+                        key: "weight",
+                        value: value.to_owned(),
+                        spec: text.to_owned(),
+                        reason: "must be a whole number from 1",
+                    })?;
+                }
+                other => {
+                    return Err(Error::UnknownOption {
+                        key: other.to_owned(),
+                        spec: text.to_owned(),
+                    });
+                }
+            }
+        }
+        Ok(spec)
+    }
+}
+
+impl fmt::Display for BackendSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "http://{}", self.id)?;
+        if self.weight != 1 {
+            write!(f, ",weight={}", self.weight)?;
+        }
+        Ok(())
+    }
+}
+
+/// A live backend: its description plus the atomics the request path and the health checker share.
+///
+/// A `Backend` lives in an `Arc` owned by the [`Pool`](crate::Pool); snapshots share it, so its
+/// counters survive every snapshot swap.
+pub struct Backend {
+    key: u64,
+    spec: BackendSpec,
+    health: AtomicU8,
+    in_flight: AtomicU64,
+}
+
+impl Backend {
+    /// A healthy backend with no request in flight.
+    pub fn new(spec: BackendSpec) -> Self {
+        static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
+        Backend {
+            key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
+            spec,
+            health: AtomicU8::new(Health::Healthy as u8),
+            in_flight: AtomicU64::new(0),
+        }
+    }
+
+    /// A number unique to this backend within the process, stable for its lifetime; cheap to
+    /// hash and compare, unlike its [`id`](Self::id).
+    pub fn key(&self) -> u64 {
+        self.key
+    }
+
+    /// `host:port`.
+    pub fn id(&self) -> &str {
+        self.spec.id()
+    }
+
+    /// What this backend was built from.
+    pub fn spec(&self) -> &BackendSpec {
+        &self.spec
+    }
+
+    /// Where to connect.
+    pub fn address(&self) -> &Address {
+        self.spec.address()
+    }
+
+    /// The relative share of traffic for weighted strategies.
+    pub fn weight(&self) -> u32 {
+        self.spec.weight()
+    }
+
+    /// The current health state (what the last writer stored).
+    pub fn health(&self) -> Health {
+        Health::from_u8(self.health.load(Ordering::Acquire))
+    }
+
+    /// Stores a new health state and returns the previous one. Only the pool calls this, under
+    /// its writer lock, so that the snapshot it then publishes agrees with the atomics.
+    pub(crate) fn store_health(&self, health: Health) -> Health {
+        Health::from_u8(self.health.swap(health as u8, Ordering::AcqRel))
+    }
+
+    /// Requests sent to this backend whose response has not finished yet.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts one request in flight until the returned guard is dropped.
+    pub fn start_request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(self))
+    }
+}
+
+impl fmt::Debug for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Backend")
+            .field("id", &self.id())
+            .field("weight", &self.weight())
+            .field("health", &self.health())
+            .field("in_flight", &self.in_flight())
+            .finish()
+    }
+}
+
+/// One request in flight to a backend; dropping it ends the count (tower's `PendingRequests` handle).
+#[derive(Debug)]
+pub struct InFlight(Arc<Backend>);
+
+impl InFlight {
+    /// The backend this request went to.
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        text.parse::<BackendSpec>().expect_err(text).to_string()
+    }
+
+    #[test]
+    fn parses_the_forms_users_write() {
+        let spec: BackendSpec = "http://127.0.0.1:8080".parse().unwrap();
+        assert_eq!(spec.id(), "127.0.0.1:8080");
+        assert_eq!(
+            spec.address(),
+            &Address::Ip("127.0.0.1:8080".parse().unwrap())
+        );
+        assert_eq!(spec.weight(), 1);
+
+        let spec: BackendSpec = "http://localhost".parse().unwrap();
+        assert_eq!(spec.id(), "localhost:80");
+        assert_eq!(spec.address(), &Address::Name("localhost".into(), 80));
+
+        let spec: BackendSpec = "http://[::1]:9000/".parse().unwrap();
+        assert_eq!(spec.id(), "[::1]:9000");
+
+        let spec: BackendSpec = "http://10.0.0.1:81, weight=7".parse().unwrap();
+        assert_eq!(spec.weight(), 7);
+        assert_eq!(spec.to_string(), "http://10.0.0.1:81,weight=7");
+    }
+
+    #[test]
+    fn errors_name_the_value_at_fault() {
+        assert!(err("ftp://127.0.0.1:21").contains("\"ftp\""));
+        assert!(err("https://127.0.0.1:443").contains("unsupported scheme \"https\""));
+        assert!(err("not a url").contains("\"not a url\""));
+        assert!(err("http://127.0.0.1:99999").contains("127.0.0.1:99999"));
+        assert!(err("http://127.0.0.1:80/api").contains("a path"));
+        assert!(err("http://127.0.0.1:80/?a=1").contains("a query"));
+        assert!(err("http://u:p@127.0.0.1:80").contains("credentials"));
+        assert!(err("http://127.0.0.1:80,weight=0").contains("\"0\""));
+        assert!(err("http://127.0.0.1:80,weight=x").contains("\"x\""));
+        assert!(err("http://127.0.0.1:80,colour=red").contains("\"colour\""));
+    }
+
+    #[test]
+    fn in_flight_guard_counts_until_dropped() {
+        let backend = Arc::new(Backend::new("http://127.0.0.1:1".parse().unwrap()));
+        let a = backend.start_request();
+        let b = backend.start_request();
+        assert_eq!(backend.in_flight(), 2);
+        drop(a);
+        assert_eq!(backend.in_flight(), 1);
+        drop(b);
+        assert_eq!(backend.in_flight(), 0);
+    }
+
+    #[test]
+    fn keys_are_unique() {
+        let spec: BackendSpec = "http://127.0.0.1:1".parse().unwrap();
+        assert_ne!(Backend::new(spec.clone()).key(), Backend::new(spec).key());
+    }
+}

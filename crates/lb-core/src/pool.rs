@@ -1,0 +1,297 @@
+//! The backend pool: an immutable snapshot of backends and their eligibility, swapped whole.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arc_swap::ArcSwap;
+
+use crate::strategy::{Context, Strategy};
+use crate::{Backend, BackendSpec, Error, Health};
+
+/// The set of backends, the strategy that chooses among them, and which of them may take new
+/// requests, as one immutable value.
+///
+/// Readers get a snapshot without a lock ([`Pool::load`]); writers (the health checker, a reload)
+/// build a new one and swap it in. Because eligibility lives in the snapshot next to the backends,
+/// a reader can never see a backend without its health or a health without its backend.
+pub struct Snapshot {
+    generation: u64,
+    backends: Vec<Arc<Backend>>,
+    eligible: Vec<usize>,
+    strategy: Arc<dyn Strategy>,
+}
+
+impl Snapshot {
+    fn build(generation: u64, backends: Vec<Arc<Backend>>, strategy: Arc<dyn Strategy>) -> Self {
+        let eligible = backends
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.health().is_eligible())
+            .map(|(i, _)| i)
+            .collect();
+        Snapshot {
+            generation,
+            backends,
+            eligible,
+            strategy,
+        }
+    }
+
+    /// Grows by one with every swap; tells a reader that something changed.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Every backend, eligible or not, in configuration order.
+    pub fn backends(&self) -> &[Arc<Backend>] {
+        &self.backends
+    }
+
+    /// Indices into [`backends`](Self::backends) of those that may take new requests, ascending.
+    pub fn eligible(&self) -> &[usize] {
+        &self.eligible
+    }
+
+    /// The strategy this snapshot selects with.
+    pub fn strategy(&self) -> &Arc<dyn Strategy> {
+        &self.strategy
+    }
+
+    /// Picks a backend for one request with this snapshot's strategy; `None` when no eligible
+    /// backend is left (after `ctx`'s exclusions).
+    pub fn select(&self, ctx: &Context<'_>) -> Option<&Arc<Backend>> {
+        self.strategy.pick(self, ctx).map(|i| &self.backends[i])
+    }
+}
+
+impl fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("generation", &self.generation)
+            .field("backends", &self.backends)
+            .field("eligible", &self.eligible)
+            .field("strategy", &self.strategy)
+            .finish()
+    }
+}
+
+/// The shared, lock-free view of the backends.
+///
+/// ```
+/// use lb_core::{Context, Health, Pool, RoundRobin};
+///
+/// let pool = Pool::new(
+///     ["http://127.0.0.1:8080", "http://127.0.0.1:8081"].map(|u| u.parse().unwrap()),
+///     RoundRobin::new(),
+/// )?;
+/// let a = pool.select(&Context::new()).unwrap();
+/// let b = pool.select(&Context::new()).unwrap();
+/// assert_ne!(a.id(), b.id());
+///
+/// pool.set_health(&a, Health::Unhealthy);
+/// assert_eq!(pool.select(&Context::new()).unwrap().id(), b.id());
+/// assert_eq!(pool.select(&Context::new()).unwrap().id(), b.id());
+/// # Ok::<(), lb_core::Error>(())
+/// ```
+pub struct Pool {
+    current: ArcSwap<Snapshot>,
+    /// Serialises writers so that each new snapshot starts from the latest one.
+    writer: Mutex<()>,
+}
+
+impl Pool {
+    /// A pool of healthy backends. Fails on two backends with the same `host:port`.
+    pub fn new(
+        specs: impl IntoIterator<Item = BackendSpec>,
+        strategy: impl Strategy,
+    ) -> Result<Self, Error> {
+        let backends = unique(
+            specs
+                .into_iter()
+                .map(|s| Arc::new(Backend::new(s)))
+                .collect(),
+        )?;
+        Ok(Pool {
+            current: ArcSwap::from_pointee(Snapshot::build(0, backends, Arc::new(strategy))),
+            writer: Mutex::new(()),
+        })
+    }
+
+    /// The current snapshot, without a lock. Hold it briefly: it pins the snapshot in memory.
+    pub fn load(&self) -> impl Deref<Target = Arc<Snapshot>> + use<> {
+        self.current.load()
+    }
+
+    /// Picks a backend for one request; `None` when no eligible backend is left.
+    pub fn select(&self, ctx: &Context<'_>) -> Option<Arc<Backend>> {
+        self.current.load().select(ctx).cloned()
+    }
+
+    /// The backend with this `host:port`, if it is in the pool.
+    pub fn get(&self, id: &str) -> Option<Arc<Backend>> {
+        self.current
+            .load()
+            .backends
+            .iter()
+            .find(|b| b.id() == id)
+            .cloned()
+    }
+
+    /// Sets a backend's health. When that changes whether it may take traffic, a new snapshot is
+    /// published before this returns. Returns the previous state if it changed, `None` if the
+    /// backend already was in that state or is no longer in the pool.
+    pub fn set_health(&self, backend: &Backend, health: Health) -> Option<Health> {
+        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = self.current.load();
+        if !current.backends.iter().any(|b| b.key() == backend.key()) {
+            return None;
+        }
+        let previous = backend.store_health(health);
+        if previous == health {
+            return None;
+        }
+        if previous.is_eligible() != health.is_eligible() {
+            self.publish(
+                &current,
+                current.backends.clone(),
+                Arc::clone(&current.strategy),
+            );
+        }
+        Some(previous)
+    }
+
+    fn publish(
+        &self,
+        current: &Snapshot,
+        backends: Vec<Arc<Backend>>,
+        strategy: Arc<dyn Strategy>,
+    ) {
+        let next = Snapshot::build(current.generation + 1, backends, strategy);
+        self.current.store(Arc::new(next));
+    }
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("current", &self.current.load())
+            .finish()
+    }
+}
+
+fn unique(backends: Vec<Arc<Backend>>) -> Result<Vec<Arc<Backend>>, Error> {
+    let mut seen = HashSet::with_capacity(backends.len());
+    for b in &backends {
+        if !seen.insert(b.id()) {
+            return Err(Error::DuplicateBackend {
+                id: b.id().to_owned(),
+            });
+        }
+    }
+    Ok(backends)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RoundRobin;
+
+    fn pool(n: u16) -> Pool {
+        Pool::new(
+            (0..n).map(|i| format!("http://127.0.0.1:{}", 8000 + i).parse().unwrap()),
+            RoundRobin::new(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn duplicate_backends_are_refused() {
+        let err = Pool::new(
+            ["http://127.0.0.1:1", "http://127.0.0.1:1/"].map(|u| u.parse().unwrap()),
+            RoundRobin::new(),
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "duplicate backend 127.0.0.1:1");
+    }
+
+    #[test]
+    fn health_flips_publish_a_new_snapshot_with_matching_eligibility() {
+        let pool = pool(3);
+        let before = pool.load().clone();
+        assert_eq!(before.eligible(), &[0, 1, 2]);
+
+        let b1 = pool.get("127.0.0.1:8001").unwrap();
+        assert_eq!(
+            pool.set_health(&b1, Health::Unhealthy),
+            Some(Health::Healthy)
+        );
+        let after = pool.load().clone();
+        assert_eq!(after.eligible(), &[0, 2]);
+        assert_eq!(after.generation(), before.generation() + 1);
+        // The old snapshot is unchanged: readers that hold it see a consistent, older view.
+        assert_eq!(before.eligible(), &[0, 1, 2]);
+
+        // Setting the same state again publishes nothing.
+        assert_eq!(pool.set_health(&b1, Health::Unhealthy), None);
+        assert_eq!(pool.load().generation(), after.generation());
+
+        assert_eq!(
+            pool.set_health(&b1, Health::Healthy),
+            Some(Health::Unhealthy)
+        );
+        assert_eq!(pool.load().eligible(), &[0, 1, 2]);
+    }
+
+    #[test]
+    fn a_backend_from_elsewhere_is_ignored() {
+        let pool = pool(2);
+        let stranger = Backend::new("http://127.0.0.1:8000".parse().unwrap());
+        assert_eq!(pool.set_health(&stranger, Health::Unhealthy), None);
+        assert_eq!(pool.load().eligible(), &[0, 1]);
+    }
+
+    #[test]
+    fn no_eligible_backend_selects_none() {
+        let pool = pool(2);
+        for b in pool.load().backends() {
+            pool.set_health(b, Health::Unhealthy);
+        }
+        assert!(pool.select(&Context::new()).is_none());
+    }
+
+    #[test]
+    fn writers_from_many_threads_leave_a_consistent_snapshot() {
+        let pool = Arc::new(pool(16));
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let pool = Arc::clone(&pool);
+                s.spawn(move || {
+                    for round in 0..200 {
+                        for (i, b) in pool.load().backends().iter().enumerate() {
+                            let down = (i + t + round) % 3 == 0;
+                            pool.set_health(
+                                b,
+                                if down {
+                                    Health::Unhealthy
+                                } else {
+                                    Health::Healthy
+                                },
+                            );
+                        }
+                    }
+                });
+            }
+        });
+        let snap = pool.load();
+        let expected: Vec<usize> = snap
+            .backends()
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.health().is_eligible())
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(snap.eligible(), expected.as_slice());
+    }
+}
