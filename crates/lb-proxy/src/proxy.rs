@@ -1,0 +1,363 @@
+//! The proxy service: pick a backend, rewrite the request, forward it, stream the answer back.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use lb_core::{Context, InFlight, Pool};
+use tokio::time::timeout;
+
+use crate::ProxyError;
+use crate::body::ProxyBody;
+use crate::rewrite;
+use crate::upstream::{Conn, Upstream, UpstreamConfig};
+
+/// Builds a [`Proxy`]. Defaults: counter parameter `reqCounter`, connect timeout 1 s, response
+/// timeout 30 s, 3 retries on other backends after a failed connect, idle upstream connections
+/// kept 90 s, at most 256 of them per backend.
+#[derive(Debug, Clone)]
+pub struct ProxyBuilder {
+    pool: Arc<Pool>,
+    counter_param: Option<String>,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    retries: usize,
+    idle_timeout: Duration,
+    max_idle_per_backend: usize,
+}
+
+impl ProxyBuilder {
+    /// Appends `name=N` to every forwarded request's query, N counting the requests received
+    /// from 1; `None` (or an empty name) turns it off. Default `reqCounter`.
+    pub fn counter_param(mut self, name: Option<&str>) -> Self {
+        self.counter_param = name.filter(|n| !n.is_empty()).map(str::to_owned);
+        self
+    }
+
+    /// Longest wait for a TCP connection to a backend (default 1 s). A backend that does not
+    /// connect in time is skipped for the next one, as a refused one is.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Longest wait for a backend's response headers once the request is sent (default 30 s);
+    /// past it the client gets 504.
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// How many other backends to try after one that could not be connected to (default 3).
+    pub fn retries(mut self, retries: usize) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    /// How long an unused upstream connection is kept for reuse (default 90 s).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Most idle connections kept per backend (default 256; 0 turns reuse off).
+    pub fn max_idle_per_backend(mut self, max: usize) -> Self {
+        self.max_idle_per_backend = max;
+        self
+    }
+
+    /// Checks the settings and builds the proxy. Fails on a counter parameter name that would
+    /// need escaping in a query string.
+    pub fn build(self) -> Result<Proxy, ProxyError> {
+        if let Some(name) = &self.counter_param
+            && !rewrite::is_valid_param(name)
+        {
+            return Err(ProxyError::InvalidCounterParam(name.clone()));
+        }
+        Ok(Proxy {
+            shared: Arc::new(Shared {
+                pool: self.pool,
+                upstream: Upstream::new(UpstreamConfig {
+                    connect_timeout: self.connect_timeout,
+                    idle_timeout: self.idle_timeout,
+                    max_idle_per_backend: self.max_idle_per_backend,
+                }),
+                counter: Arc::new(AtomicU64::new(0)),
+                counter_param: self.counter_param.map(String::into_boxed_str),
+                response_timeout: self.response_timeout,
+                retries: self.retries,
+            }),
+        })
+    }
+}
+
+/// An HTTP reverse proxy over a [`Pool`]: cheap to clone, shared by every connection.
+///
+/// Use [`serve`](crate::serve) to run it on a listener, or embed it: [`Proxy::service`] is a
+/// hyper [`Service`](hyper::service::Service) for one client connection, and
+/// [`Proxy::forward`] forwards a single request.
+#[derive(Clone)]
+pub struct Proxy {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    pool: Arc<Pool>,
+    upstream: Upstream,
+    counter: Arc<AtomicU64>,
+    counter_param: Option<Box<str>>,
+    response_timeout: Duration,
+    retries: usize,
+}
+
+impl Proxy {
+    /// Starts a builder with the defaults listed on [`ProxyBuilder`].
+    pub fn builder(pool: Arc<Pool>) -> ProxyBuilder {
+        ProxyBuilder {
+            pool,
+            counter_param: Some("reqCounter".to_owned()),
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(30),
+            retries: 3,
+            idle_timeout: Duration::from_secs(90),
+            max_idle_per_backend: 256,
+        }
+    }
+
+    /// The pool this proxy selects from.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.shared.pool
+    }
+
+    /// Requests received so far (the last counter value handed out).
+    pub fn requests_received(&self) -> u64 {
+        self.shared.counter.load(Ordering::Relaxed)
+    }
+
+    /// Upstream connections opened so far; compare with [`requests_received`](Self::requests_received)
+    /// to see keep-alive reuse.
+    pub fn upstream_connections_opened(&self) -> u64 {
+        self.shared.upstream.connections_opened()
+    }
+
+    /// The service for one client connection from `client`.
+    pub fn service(&self, client: SocketAddr) -> ProxyService {
+        ProxyService {
+            proxy: self.clone(),
+            client_ip: ip_header(client.ip()),
+        }
+    }
+
+    /// Forwards one request from `client` and returns the response to send back, which is an
+    /// error page of the proxy's own when no backend could answer (see [`ProxyError::status`]).
+    pub async fn forward(
+        &self,
+        request: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Response<ProxyBody> {
+        self.forward_from(request, &ip_header(client.ip())).await
+    }
+
+    async fn forward_from(
+        &self,
+        request: Request<Incoming>,
+        client_ip: &HeaderValue,
+    ) -> Response<ProxyBody> {
+        let n = self.shared.counter.fetch_add(1, Ordering::Relaxed) + 1;
+        match self.try_forward(request, n, client_ip).await {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::debug!(%error, request = n, "request not forwarded");
+                error_response(&error)
+            }
+        }
+    }
+
+    async fn try_forward(
+        &self,
+        request: Request<Incoming>,
+        n: u64,
+        client_ip: &HeaderValue,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        if request.method() == Method::CONNECT {
+            return Err(ProxyError::MethodNotAllowed);
+        }
+        let (mut parts, body) = request.into_parts();
+        let upgrade = rewrite::is_upgrade_request(parts.version, &parts.headers);
+        let client_upgrade = if upgrade {
+            parts.extensions.remove::<OnUpgrade>()
+        } else {
+            None
+        };
+        rewrite::strip_hop_by_hop(&mut parts.headers, upgrade);
+        rewrite::add_forwarding_headers(&mut parts.headers, &parts.uri, client_ip);
+        let counter = self.shared.counter_param.as_deref().map(|p| (p, n));
+        rewrite::rewrite_target(&mut parts.uri, counter)?;
+        parts.version = Version::HTTP_11;
+
+        let (mut response, conn, in_flight) =
+            self.dispatch(Request::from_parts(parts, body)).await?;
+
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let Some(client_upgrade) = client_upgrade else {
+                return Err(ProxyError::UnexpectedUpgrade {
+                    backend: in_flight.backend().id().to_owned(),
+                });
+            };
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, in_flight));
+            rewrite::strip_hop_by_hop(response.headers_mut(), true);
+            return Ok(response.map(|_| ProxyBody::empty()));
+        }
+        rewrite::strip_hop_by_hop(response.headers_mut(), false);
+        Ok(response.map(|body| ProxyBody::upstream(body, Some(conn), Some(in_flight))))
+    }
+
+    /// Sends the request to a backend, moving on to another one while the request provably has
+    /// not left the proxy (connect failed, or a pooled connection turned out closed).
+    async fn dispatch(
+        &self,
+        mut request: Request<Incoming>,
+    ) -> Result<(Response<Incoming>, Conn, InFlight), ProxyError> {
+        let shared = &self.shared;
+        let mut tried: Vec<u64> = Vec::new();
+        let mut last_error = None;
+        'backends: while tried.len() <= shared.retries {
+            let Some(backend) = shared.pool.select(&Context::new().excluding(&tried)) else {
+                break;
+            };
+            tried.push(backend.key());
+            let in_flight = backend.start_request();
+            let mut conn = match shared.upstream.checkout(&backend).await {
+                Ok(conn) => conn,
+                Err(error) => {
+                    tracing::debug!(%error, "trying the next backend");
+                    last_error = Some(error);
+                    continue;
+                }
+            };
+            loop {
+                let sent = timeout(shared.response_timeout, conn.send(request)).await;
+                let mut error = match sent {
+                    Ok(Ok(response)) => return Ok((response, conn, in_flight)),
+                    Ok(Err(error)) => error,
+                    Err(_) => {
+                        return Err(ProxyError::ResponseTimeout {
+                            backend: backend.id().to_owned(),
+                            timeout: shared.response_timeout,
+                        });
+                    }
+                };
+                let Some(unsent) = error.take_message() else {
+                    return Err(ProxyError::Upstream {
+                        backend: backend.id().to_owned(),
+                        source: error.into_error(),
+                    });
+                };
+                request = unsent;
+                if !conn.is_reused() {
+                    last_error = Some(ProxyError::Upstream {
+                        backend: backend.id().to_owned(),
+                        source: error.into_error(),
+                    });
+                    continue 'backends;
+                }
+                // A pooled connection the backend had closed: same backend, new connection.
+                conn = match shared.upstream.connect(&backend).await {
+                    Ok(conn) => conn,
+                    Err(error) => {
+                        last_error = Some(error);
+                        continue 'backends;
+                    }
+                };
+            }
+        }
+        Err(last_error.unwrap_or(ProxyError::NoHealthyBackend))
+    }
+}
+
+impl fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Proxy")
+            .field("pool", &self.shared.pool)
+            .field("upstream", &self.shared.upstream)
+            .field("counter_param", &self.shared.counter_param)
+            .field("response_timeout", &self.shared.response_timeout)
+            .field("retries", &self.shared.retries)
+            .finish()
+    }
+}
+
+/// The proxy as a hyper service for one client connection (it knows the client's address).
+#[derive(Clone)]
+pub struct ProxyService {
+    proxy: Proxy,
+    client_ip: HeaderValue,
+}
+
+impl fmt::Debug for ProxyService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProxyService")
+            .field("client_ip", &self.client_ip)
+            .finish()
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for ProxyService {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.proxy.forward_from(request, &this.client_ip).await) })
+    }
+}
+
+fn ip_header(ip: IpAddr) -> HeaderValue {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+fn error_response(error: &ProxyError) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::full(Bytes::from_static(
+        error.public_message().as_bytes(),
+    )));
+    *response.status_mut() = error.status();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Copies bytes both ways between an upgraded client connection and its backend connection
+/// until either side closes.
+async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, _in_flight: InFlight) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(both) => both,
+        Err(error) => {
+            tracing::debug!(%error, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(%error, "upgraded connection ended with an error");
+    }
+}

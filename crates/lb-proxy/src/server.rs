@@ -1,0 +1,120 @@
+//! Serving a [`Proxy`] on a TCP listener, with a graceful stop.
+
+use std::future::Future;
+use std::io;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::Proxy;
+use crate::framing::FramingGuard;
+
+/// Serves a [`Proxy`] on a listener: HTTP/1.1 and HTTP/2 with prior knowledge (h2c) on the
+/// same port, WebSocket and other upgrades passed through.
+///
+/// Defaults: request headers up to 32 KiB in total (larger gets 431), a grace period of 30 s
+/// for in-flight requests at shutdown.
+#[derive(Debug, Clone)]
+pub struct Server {
+    proxy: Proxy,
+    max_header_bytes: usize,
+    grace_period: Duration,
+}
+
+impl Server {
+    /// A server for `proxy` with the defaults above.
+    pub fn new(proxy: Proxy) -> Self {
+        Server {
+            proxy,
+            max_header_bytes: 32 * 1024,
+            grace_period: Duration::from_secs(30),
+        }
+    }
+
+    /// Largest request head (request line and headers) accepted; larger gets 431. At least 8 KiB.
+    pub fn max_header_bytes(mut self, bytes: usize) -> Self {
+        self.max_header_bytes = bytes.max(8 * 1024);
+        self
+    }
+
+    /// How long in-flight requests may still run once shutdown starts (default 30 s).
+    pub fn grace_period(mut self, grace: Duration) -> Self {
+        self.grace_period = grace;
+        self
+    }
+
+    /// Accepts connections until `shutdown` completes, then stops accepting at once, closes idle
+    /// keep-alive connections, lets in-flight requests finish (up to the grace period) and
+    /// returns.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .max_buf_size(self.max_header_bytes)
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX));
+        let graceful = GracefulShutdown::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let (stream, client) = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        pause_after_accept_error(&error).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let service = self.proxy.service(client);
+            let conn = builder
+                .serve_connection_with_upgrades(
+                    TokioIo::new(FramingGuard::new(stream, self.max_header_bytes)),
+                    service,
+                )
+                .into_owned();
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(error) = conn.await {
+                    tracing::debug!(%client, %error, "client connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
+        tracing::info!(
+            connections = graceful.count(),
+            "shutting down: finishing in-flight requests"
+        );
+        if tokio::time::timeout(self.grace_period, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace_period = ?self.grace_period, "grace period over, closing remaining connections");
+        }
+    }
+}
+
+/// Serves `proxy` on `listener` with the [`Server`] defaults until `shutdown` completes.
+pub async fn serve(listener: TcpListener, proxy: Proxy, shutdown: impl Future<Output = ()>) {
+    Server::new(proxy).serve(listener, shutdown).await;
+}
+
+/// Errors about one connection (it was reset before we took it) are skipped at once; running out
+/// of descriptors or memory is waited out briefly instead of spinning on it.
+async fn pause_after_accept_error(error: &io::Error) {
+    use io::ErrorKind::*;
+    if matches!(
+        error.kind(),
+        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted
+    ) {
+        return;
+    }
+    tracing::warn!(%error, "accept failed; pausing 50 ms");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
