@@ -1,2 +1,187 @@
-//! Work in progress.
-fn main() {}
+//! `balancer`: the standalone load balancer. Parses its settings, wires the pool, the health
+//! checker and the proxy together, serves until SIGTERM or SIGINT, then drains and exits 0.
+
+mod admin;
+mod settings;
+
+use std::io::IsTerminal;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use lb_backend::TestBackend;
+use lb_core::{Pool, RoundRobin, Strategy};
+use lb_health::{Checker, HttpProbe};
+use lb_proxy::{Proxy, Server};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tracing_subscriber::EnvFilter;
+
+use crate::settings::{Args, Settings, StrategyName};
+
+/// Exit code for a bad flag or config (as clap uses).
+const USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let settings = match Settings::from_args(Args::parse()) {
+        Ok(settings) => settings,
+        Err(message) => return fail(USAGE, &message),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    // Everything that can be refused is checked before the first socket is bound.
+    let demo = match (0..if settings.demo { 3 } else { 0 })
+        .map(|_| StdListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(listeners) => listeners,
+        Err(e) => return fail(1, &format!("cannot start the demo backends: {e}")),
+    };
+    let mut specs = settings.backends.clone();
+    for listener in &demo {
+        match listener.local_addr().map(|a| format!("http://{a}").parse()) {
+            Ok(Ok(spec)) => specs.push(spec),
+            _ => return fail(1, "cannot read a demo backend's address"),
+        }
+    }
+    let pool = match Pool::new(specs, strategy(settings.strategy)) {
+        Ok(pool) => Arc::new(pool),
+        Err(e) => return fail(USAGE, &e.to_string()),
+    };
+    let probe = match HttpProbe::new(&settings.health_path) {
+        Ok(probe) => probe,
+        Err(e) => return fail(USAGE, &e.to_string()),
+    };
+    let checker = Checker::new(Arc::clone(&pool), probe)
+        .with_interval(settings.health_interval)
+        .with_timeout(settings.health_timeout);
+    let proxy = match Proxy::builder(Arc::clone(&pool))
+        .counter_param(settings.request_counter_param.as_deref())
+        .connect_timeout(settings.connect_timeout)
+        .response_timeout(settings.response_timeout)
+        .build()
+    {
+        Ok(proxy) => proxy,
+        Err(e) => return fail(USAGE, &e.to_string()),
+    };
+    let listener = match bind(settings.listen) {
+        Ok(listener) => listener,
+        Err(message) => return fail(1, &message),
+    };
+    let admin = match settings.admin.map(bind).transpose() {
+        Ok(admin) => admin,
+        Err(message) => return fail(1, &message),
+    };
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(1, &format!("cannot start the runtime: {e}")),
+    };
+    let served = runtime.block_on(async {
+        let demo = start_demo(demo)?;
+        let listener = TcpListener::from_std(listener)?;
+        let addr = listener.local_addr()?;
+        tracing::info!(
+            backends = pool.load().backends().len(),
+            strategy = %settings.strategy,
+            health = %format!("GET {} every {:?}", settings.health_path, settings.health_interval),
+            "starting"
+        );
+        checker.check_all().await;
+        for backend in pool.load().backends() {
+            tracing::info!(backend = backend.id(), health = %backend.health(), "initial state");
+        }
+        let (stop, stopped) = watch::channel(());
+        let health = tokio::spawn(checker.run(closed(stopped.clone())));
+        if let Some(admin) = admin {
+            let admin = TcpListener::from_std(admin)?;
+            tracing::info!(addr = %admin.local_addr()?, "admin listening");
+            tokio::spawn(admin::serve(admin, Arc::clone(&pool)));
+        }
+        println!("balancer listening on {addr}");
+        if !demo.is_empty() {
+            println!(
+                "demo: {} test backends in this process; try: curl http://{addr}/ping",
+                demo.len()
+            );
+        }
+        Server::new(proxy).serve(listener, shutdown_signal()).await;
+        drop(stop);
+        let _ = health.await;
+        for backend in demo {
+            backend.kill().await;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(1, &e.to_string()),
+    }
+}
+
+fn strategy(name: StrategyName) -> impl Strategy {
+    match name {
+        StrategyName::RoundRobin => RoundRobin::new(),
+    }
+}
+
+fn bind(addr: SocketAddr) -> Result<StdListener, String> {
+    let listener = StdListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    Ok(listener)
+}
+
+fn start_demo(listeners: Vec<StdListener>) -> std::io::Result<Vec<TestBackend>> {
+    listeners
+        .into_iter()
+        .map(|l| {
+            l.set_nonblocking(true)?;
+            TestBackend::from_listener(TcpListener::from_std(l)?, None)
+        })
+        .collect()
+}
+
+/// Completes when every sender of `rx` is gone.
+async fn closed(mut rx: watch::Receiver<()>) {
+    while rx.changed().await.is_ok() {}
+}
+
+/// Completes on the first SIGTERM or SIGINT; a second one ends the process at once.
+async fn shutdown_signal() {
+    let mut term = signal(SignalKind::terminate()).ok();
+    let terminate = async {
+        match term.as_mut() {
+            Some(term) => {
+                term.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = terminate => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+    tokio::spawn(async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(130);
+    });
+}
+
+fn fail(code: u8, message: &str) -> ExitCode {
+    eprintln!("balancer: error: {message}");
+    ExitCode::from(code)
+}

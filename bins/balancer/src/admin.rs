@@ -1,0 +1,76 @@
+//! The admin listener: `GET /healthz` and `GET /backends`, never on the traffic port.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use lb_core::Pool;
+use tokio::net::TcpListener;
+
+/// Serves the admin endpoints on `listener` until the process ends.
+pub(crate) async fn serve(listener: TcpListener, pool: Arc<Pool>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let pool = Arc::clone(&pool);
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let pool = Arc::clone(&pool);
+                async move { Ok::<_, Infallible>(route(&req, &pool)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn route(req: &Request<Incoming>, pool: &Pool) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+        (&Method::GET, "/backends") => {
+            let snapshot = pool.load();
+            let eligible = snapshot.eligible();
+            let backends: Vec<_> = snapshot
+                .backends()
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    serde_json::json!({
+                        "id": b.id(),
+                        "url": b.spec().url().as_str(),
+                        "weight": b.weight(),
+                        "health": b.health().to_string(),
+                        "eligible": eligible.contains(&i),
+                        "in_flight": b.in_flight(),
+                    })
+                })
+                .collect();
+            let body = serde_json::to_vec_pretty(&backends).unwrap_or_default();
+            reply(StatusCode::OK, "application/json", body.into())
+        }
+        (_, "/healthz" | "/backends") => reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "method not allowed\n".into(),
+        ),
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    response
+}

@@ -1,0 +1,361 @@
+//! Every setting of the balancer, from the command line over the config file over the defaults.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use lb_core::BackendSpec;
+use serde::{Deserialize, Deserializer};
+
+/// A strategy's name on the command line and in the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum StrategyName {
+    /// Each healthy backend in turn.
+    RoundRobin,
+}
+
+impl fmt::Display for StrategyName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.to_possible_value() {
+            Some(value) => f.write_str(value.get_name()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// An HTTP load balancer: forwards requests to healthy backends in turn.
+#[derive(Debug, Parser)]
+#[command(name = "balancer", version, about, max_term_width = 100)]
+pub(crate) struct Args {
+    /// TOML file with any of the settings below (the command line wins).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to accept client connections on [default: 127.0.0.1:8000].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// A backend, `http://host:port[,weight=N]`; repeat for more
+    /// [default: http://127.0.0.1:8080, :8081 and :8082].
+    #[arg(long = "backend", value_name = "URL", value_parser = parse_backend)]
+    backends: Vec<BackendSpec>,
+    /// How to choose a backend for each request [default: round-robin].
+    #[arg(long, value_name = "NAME", value_enum)]
+    strategy: Option<StrategyName>,
+    /// Path probed on every backend [default: /health].
+    #[arg(long, value_name = "PATH")]
+    health_path: Option<String>,
+    /// Time between two probes of a backend [default: 1s].
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
+    health_interval: Option<Duration>,
+    /// Longest wait for a probe's answer [default: 1s].
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
+    health_timeout: Option<Duration>,
+    /// Longest wait for a TCP connection to a backend [default: 1s].
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
+    connect_timeout: Option<Duration>,
+    /// Longest wait for a backend's response headers; past it the client gets 504 [default: 30s].
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
+    response_timeout: Option<Duration>,
+    /// Query parameter carrying the request counter; "" turns it off [default: reqCounter].
+    #[arg(long, value_name = "NAME")]
+    request_counter_param: Option<String>,
+    /// Address of the admin listener (GET /healthz, GET /backends); off by default.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
+    /// Also start three test backends in this process and balance over them.
+    #[arg(long)]
+    demo: bool,
+}
+
+/// The config file: the same settings as the flags, under the same names.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct File {
+    listen: Option<SocketAddr>,
+    #[serde(default)]
+    backend: Vec<FileBackend>,
+    strategy: Option<StrategyName>,
+    health_path: Option<String>,
+    #[serde(default, deserialize_with = "duration")]
+    health_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    health_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    connect_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    response_timeout: Option<Duration>,
+    request_counter_param: Option<String>,
+    admin: Option<SocketAddr>,
+}
+
+/// One `[[backend]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileBackend {
+    url: String,
+    weight: Option<u32>,
+}
+
+/// The settings the balancer runs with.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) listen: SocketAddr,
+    pub(crate) backends: Vec<BackendSpec>,
+    pub(crate) strategy: StrategyName,
+    pub(crate) health_path: String,
+    pub(crate) health_interval: Duration,
+    pub(crate) health_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) response_timeout: Duration,
+    pub(crate) request_counter_param: Option<String>,
+    pub(crate) admin: Option<SocketAddr>,
+    pub(crate) demo: bool,
+}
+
+/// The backends of the original Go balancer.
+pub(crate) const DEFAULT_BACKENDS: [&str; 3] = [
+    "http://127.0.0.1:8080",
+    "http://127.0.0.1:8081",
+    "http://127.0.0.1:8082",
+];
+
+impl Settings {
+    /// Merges the command line over the config file (if any) over the defaults, and checks what
+    /// clap could not. Every error names the value at fault.
+    pub(crate) fn from_args(args: Args) -> Result<Self, String> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => File::default(),
+        };
+        let mut backends = args.backends;
+        if backends.is_empty() {
+            for b in file.backend {
+                let spec = b.url.parse::<BackendSpec>().map_err(|e| e.to_string())?;
+                let spec = match b.weight {
+                    Some(w) => spec.with_weight(w).map_err(|e| e.to_string())?,
+                    None => spec,
+                };
+                backends.push(spec);
+            }
+        }
+        let demo = args.demo;
+        if backends.is_empty() && !demo {
+            backends = DEFAULT_BACKENDS
+                .iter()
+                .map(|u| u.parse())
+                .collect::<Result<_, _>>()
+                .map_err(|e: lb_core::Error| e.to_string())?;
+        }
+        let settings = Settings {
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8000))),
+            backends,
+            strategy: args
+                .strategy
+                .or(file.strategy)
+                .unwrap_or(StrategyName::RoundRobin),
+            health_path: args
+                .health_path
+                .or(file.health_path)
+                .unwrap_or_else(|| "/health".to_owned()),
+            health_interval: positive(
+                "--health-interval",
+                args.health_interval.or(file.health_interval),
+                Duration::from_secs(1),
+            )?,
+            health_timeout: positive(
+                "--health-timeout",
+                args.health_timeout.or(file.health_timeout),
+                Duration::from_secs(1),
+            )?,
+            connect_timeout: positive(
+                "--connect-timeout",
+                args.connect_timeout.or(file.connect_timeout),
+                Duration::from_secs(1),
+            )?,
+            response_timeout: positive(
+                "--response-timeout",
+                args.response_timeout.or(file.response_timeout),
+                Duration::from_secs(30),
+            )?,
+            request_counter_param: Some(
+                args.request_counter_param
+                    .or(file.request_counter_param)
+                    .unwrap_or_else(|| "reqCounter".to_owned()),
+            )
+            .filter(|p| !p.is_empty()),
+            admin: args.admin.or(file.admin),
+            demo,
+        };
+        if settings.admin == Some(settings.listen) && settings.listen.port() != 0 {
+            return Err(format!(
+                "--admin {} is the traffic address; give the admin listener its own",
+                settings.listen
+            ));
+        }
+        Ok(settings)
+    }
+}
+
+fn read_file(path: &Path) -> Result<File, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("invalid config file {}: {e}", path.display()))
+}
+
+fn positive(flag: &str, value: Option<Duration>, default: Duration) -> Result<Duration, String> {
+    match value {
+        Some(d) if d.is_zero() => Err(format!("{flag} must be greater than zero, got \"0s\"")),
+        Some(d) => Ok(d),
+        None => Ok(default),
+    }
+}
+
+fn parse_backend(text: &str) -> Result<BackendSpec, String> {
+    text.parse().map_err(|e: lb_core::Error| e.to_string())
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 500ms, 1s, 2m)"))
+}
+
+fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(de)?;
+    parse_duration(&text)
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(args: &[&str]) -> Result<Settings, String> {
+        let args = Args::try_parse_from(std::iter::once("balancer").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        Settings::from_args(args)
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.listen, "127.0.0.1:8000".parse().unwrap());
+        let ids: Vec<_> = s.backends.iter().map(|b| b.id()).collect();
+        assert_eq!(ids, ["127.0.0.1:8080", "127.0.0.1:8081", "127.0.0.1:8082"]);
+        assert_eq!(s.strategy, StrategyName::RoundRobin);
+        assert_eq!(s.health_path, "/health");
+        assert_eq!(s.health_interval, Duration::from_secs(1));
+        assert_eq!(s.health_timeout, Duration::from_secs(1));
+        assert_eq!(s.connect_timeout, Duration::from_secs(1));
+        assert_eq!(s.response_timeout, Duration::from_secs(30));
+        assert_eq!(s.request_counter_param.as_deref(), Some("reqCounter"));
+        assert_eq!(s.admin, None);
+        assert!(!s.demo);
+    }
+
+    #[test]
+    fn flags_override_and_empty_counter_param_disables() {
+        let s = settings(&[
+            "--backend",
+            "http://127.0.0.1:9",
+            "--health-interval",
+            "500ms",
+            "--response-timeout",
+            "2m",
+            "--request-counter-param",
+            "",
+        ])
+        .unwrap();
+        assert_eq!(s.backends.len(), 1);
+        assert_eq!(s.health_interval, Duration::from_millis(500));
+        assert_eq!(s.response_timeout, Duration::from_secs(120));
+        assert_eq!(s.request_counter_param, None);
+    }
+
+    #[test]
+    fn demo_alone_brings_no_default_backends() {
+        assert!(settings(&["--demo"]).unwrap().backends.is_empty());
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        assert!(
+            settings(&["--backend", "ftp://x:1"])
+                .unwrap_err()
+                .contains("ftp://x:1")
+        );
+        assert!(
+            settings(&["--health-interval", "5x"])
+                .unwrap_err()
+                .contains("5x")
+        );
+        assert!(
+            settings(&["--strategy", "fastest"])
+                .unwrap_err()
+                .contains("fastest")
+        );
+        assert!(
+            settings(&["--listen", "nowhere"])
+                .unwrap_err()
+                .contains("nowhere")
+        );
+        assert!(
+            settings(&["--connect-timeout", "0s"])
+                .unwrap_err()
+                .contains("--connect-timeout")
+        );
+        assert!(
+            settings(&["--frobnicate"])
+                .unwrap_err()
+                .contains("--frobnicate")
+        );
+    }
+
+    #[test]
+    fn config_file_is_read_and_flags_win() {
+        let dir = std::env::temp_dir().join(format!("lb-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ok.toml");
+        std::fs::write(
+            &path,
+            r#"
+listen = "127.0.0.1:9100"
+health-interval = "2s"
+request-counter-param = "n"
+
+[[backend]]
+url = "http://127.0.0.1:7001"
+weight = 2
+
+[[backend]]
+url = "http://127.0.0.1:7002"
+"#,
+        )
+        .unwrap();
+        let file = path.to_str().unwrap();
+        let s = settings(&["--config", file, "--health-interval", "3s"]).unwrap();
+        assert_eq!(s.listen, "127.0.0.1:9100".parse().unwrap());
+        assert_eq!(s.health_interval, Duration::from_secs(3));
+        assert_eq!(s.request_counter_param.as_deref(), Some("n"));
+        assert_eq!(s.backends.len(), 2);
+        assert_eq!(s.backends[0].weight(), 2);
+
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, "listen = \"127.0.0.1:1\"\ncolour = \"red\"\n").unwrap();
+        let err = settings(&["--config", bad.to_str().unwrap()]).unwrap_err();
+        assert!(err.contains("colour") && err.contains("line 2"), "{err}");
+
+        let bad = dir.join("bad-duration.toml");
+        std::fs::write(&bad, "health-timeout = \"soon\"\n").unwrap();
+        let err = settings(&["--config", bad.to_str().unwrap()]).unwrap_err();
+        assert!(err.contains("soon"), "{err}");
+
+        let err = settings(&["--config", "/nonexistent/lb.toml"]).unwrap_err();
+        assert!(err.contains("/nonexistent/lb.toml"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
