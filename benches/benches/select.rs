@@ -21,8 +21,11 @@ use lb_core::{Context, Pool, RoundRobin};
 /// Pool sizes measured.
 const SIZES: [usize; 3] = [3, 100, 10_000];
 
+/// Builds a pool of `n` backends, half of them unhealthy if asked.
+type Build = fn(usize, bool) -> Pool;
+
 /// Every strategy under test, by the name it has in benchmark ids.
-const STRATEGIES: [(&str, fn(usize, bool) -> Pool); 1] =
+const STRATEGIES: [(&str, Build); 1] =
     [("round_robin", |n, half| pool(n, half, RoundRobin::new()))];
 
 /// Picks `iters` times on one snapshot: the strategy's own cost.

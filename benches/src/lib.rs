@@ -17,3 +17,8 @@ pub fn pool(n: usize, half_unhealthy: bool, strategy: impl Strategy) -> Pool {
     }
     pool
 }
+
+/// The README's code examples, compiled (and run where not `no_run`) as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -28,7 +28,7 @@ impl fmt::Display for StrategyName {
 
 /// An HTTP load balancer: forwards requests to healthy backends in turn.
 #[derive(Debug, Parser)]
-#[command(name = "balancer", version, about, max_term_width = 100)]
+#[command(name = "balancer", version, max_term_width = 100)]
 pub(crate) struct Args {
     /// TOML file with any of the settings below (the command line wins).
     #[arg(long, value_name = "FILE")]
@@ -313,6 +313,14 @@ mod tests {
                 .unwrap_err()
                 .contains("--frobnicate")
         );
+    }
+
+    #[test]
+    fn the_shipped_example_config_is_valid_and_matches_the_defaults() {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../balancer.toml");
+        let from_file = settings(&["--config", example]).unwrap();
+        let defaults = settings(&[]).unwrap();
+        assert_eq!(format!("{from_file:?}"), format!("{defaults:?}"));
     }
 
     #[test]
