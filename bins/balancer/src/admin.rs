@@ -1,31 +1,47 @@
 //! The admin listener: `GET /healthz` and `GET /backends`, never on the traffic port.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use lb_core::Pool;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 
-/// Serves the admin endpoints on `listener` until the process ends.
-pub(crate) async fn serve(listener: TcpListener, pool: Arc<Pool>) {
+/// Serves the admin endpoints on `listener` until `shutdown` completes.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    pool: Arc<Pool>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut connections = JoinSet::new();
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let accepted = tokio::select! {
+            () = &mut shutdown => return,
+            Some(_) = connections.join_next() => continue,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((stream, _)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let pool = Arc::clone(&pool);
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let service = service_fn(move |req| {
                 let pool = Arc::clone(&pool);
                 async move { Ok::<_, Infallible>(route(&req, &pool)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });

@@ -15,7 +15,7 @@ use lb_core::{Pool, RoundRobin, Strategy};
 use lb_health::{Checker, HttpProbe};
 use lb_proxy::{Proxy, Server};
 use tokio::net::TcpListener;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
@@ -89,6 +89,7 @@ fn main() -> ExitCode {
         Err(e) => return fail(1, &format!("cannot start the runtime: {e}")),
     };
     let served = runtime.block_on(async {
+        let signals = Signals::new()?;
         let demo = start_demo(demo)?;
         let listener = TcpListener::from_std(listener)?;
         let addr = listener.local_addr()?;
@@ -107,7 +108,11 @@ fn main() -> ExitCode {
         if let Some(admin) = admin {
             let admin = TcpListener::from_std(admin)?;
             tracing::info!(addr = %admin.local_addr()?, "admin listening");
-            tokio::spawn(admin::serve(admin, Arc::clone(&pool)));
+            tokio::spawn(admin::serve(
+                admin,
+                Arc::clone(&pool),
+                closed(stopped.clone()),
+            ));
         }
         println!("balancer listening on {addr}");
         if !demo.is_empty() {
@@ -116,7 +121,7 @@ fn main() -> ExitCode {
                 demo.len()
             );
         }
-        Server::new(proxy).serve(listener, shutdown_signal()).await;
+        Server::new(proxy).serve(listener, signals.first()).await;
         drop(stop);
         let _ = health.await;
         for backend in demo {
@@ -159,26 +164,36 @@ async fn closed(mut rx: watch::Receiver<()>) {
     while rx.changed().await.is_ok() {}
 }
 
-/// Completes on the first SIGTERM or SIGINT; a second one ends the process at once.
-async fn shutdown_signal() {
-    let mut term = signal(SignalKind::terminate()).ok();
-    let terminate = async {
-        match term.as_mut() {
-            Some(term) => {
-                term.recv().await;
-            }
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        () = terminate => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+/// SIGTERM and SIGINT, caught from the moment this is created (before the listening line, so a
+/// signal sent right after it is never the default, fatal one).
+struct Signals {
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
     }
-    tokio::spawn(async {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::warn!("second signal: exiting now");
-        std::process::exit(130);
-    });
+
+    /// Completes on the first SIGTERM or SIGINT; a second one ends the process at once.
+    async fn first(mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => tracing::info!("SIGTERM received"),
+            _ = self.interrupt.recv() => tracing::info!("SIGINT received"),
+        }
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = self.terminate.recv() => {},
+                _ = self.interrupt.recv() => {},
+            }
+            tracing::warn!("second signal: exiting now");
+            std::process::exit(130);
+        });
+    }
 }
 
 fn fail(code: u8, message: &str) -> ExitCode {

@@ -33,7 +33,7 @@ pub(crate) struct Args {
     /// TOML file with any of the settings below (the command line wins).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Address to accept client connections on [default: 127.0.0.1:8000].
+    /// Address (IP:port) to accept client connections on [default: 127.0.0.1:8000].
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
     /// A backend, `http://host:port[,weight=N]`; repeat for more
@@ -55,16 +55,18 @@ pub(crate) struct Args {
     /// Longest wait for a TCP connection to a backend [default: 1s].
     #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
     connect_timeout: Option<Duration>,
-    /// Longest wait for a backend's response headers; past it the client gets 504 [default: 30s].
+    /// Longest wait for a backend's response headers once the request is sent; past it the client
+    /// gets 504 [default: 30s].
     #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
     response_timeout: Option<Duration>,
     /// Query parameter carrying the request counter; "" turns it off [default: reqCounter].
     #[arg(long, value_name = "NAME")]
     request_counter_param: Option<String>,
-    /// Address of the admin listener (GET /healthz, GET /backends); off by default.
+    /// Address (IP:port) of the admin listener (GET /healthz, GET /backends); off by default.
     #[arg(long, value_name = "ADDR")]
     admin: Option<SocketAddr>,
-    /// Also start three test backends in this process and balance over them.
+    /// Also start three test backends in this process and balance over them, in place of the
+    /// default backends.
     #[arg(long)]
     demo: bool,
 }
@@ -162,26 +164,22 @@ impl Settings {
                 .health_path
                 .or(file.health_path)
                 .unwrap_or_else(|| "/health".to_owned()),
-            health_interval: positive(
-                "--health-interval",
-                args.health_interval.or(file.health_interval),
-                Duration::from_secs(1),
-            )?,
-            health_timeout: positive(
-                "--health-timeout",
-                args.health_timeout.or(file.health_timeout),
-                Duration::from_secs(1),
-            )?,
-            connect_timeout: positive(
-                "--connect-timeout",
-                args.connect_timeout.or(file.connect_timeout),
-                Duration::from_secs(1),
-            )?,
-            response_timeout: positive(
-                "--response-timeout",
-                args.response_timeout.or(file.response_timeout),
-                Duration::from_secs(30),
-            )?,
+            health_interval: args
+                .health_interval
+                .or(file.health_interval)
+                .unwrap_or(Duration::from_secs(1)),
+            health_timeout: args
+                .health_timeout
+                .or(file.health_timeout)
+                .unwrap_or(Duration::from_secs(1)),
+            connect_timeout: args
+                .connect_timeout
+                .or(file.connect_timeout)
+                .unwrap_or(Duration::from_secs(1)),
+            response_timeout: args
+                .response_timeout
+                .or(file.response_timeout)
+                .unwrap_or(Duration::from_secs(30)),
             request_counter_param: Some(
                 args.request_counter_param
                     .or(file.request_counter_param)
@@ -207,20 +205,17 @@ fn read_file(path: &Path) -> Result<File, String> {
     toml::from_str(&text).map_err(|e| format!("invalid config file {}: {e}", path.display()))
 }
 
-fn positive(flag: &str, value: Option<Duration>, default: Duration) -> Result<Duration, String> {
-    match value {
-        Some(d) if d.is_zero() => Err(format!("{flag} must be greater than zero, got \"0s\"")),
-        Some(d) => Ok(d),
-        None => Ok(default),
-    }
-}
-
 fn parse_backend(text: &str) -> Result<BackendSpec, String> {
     text.parse().map_err(|e: lb_core::Error| e.to_string())
 }
 
+/// A positive human duration; zero would mean "never wait" or "probe in a busy loop".
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 500ms, 1s, 2m)"))
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("must be greater than zero".to_owned()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{e} (examples: 500ms, 1s, 2m)")),
+    }
 }
 
 fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {

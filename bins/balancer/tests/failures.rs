@@ -141,6 +141,59 @@ async fn a_refusing_backend_is_passed_over_without_failing_a_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_over_goes_on_until_a_backend_answers() {
+    let mut backends = backends(5).await;
+    let lb = start(&backends, &["--health-interval", "1h"]);
+    assert_eq!(seen(&lb, 5).await.len(), 5);
+    let alive = backends.remove(3);
+    for dead in backends {
+        dead.kill().await;
+    }
+    for _ in 0..10 {
+        let reply = get(&lb.url("/ping")).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.backend(), alive.id());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_response_timeout_starts_when_the_upload_is_done() {
+    let backends = backends(1).await;
+    let lb = start(&backends, &["--response-timeout", "400ms"]);
+    // An upload that takes ~1.2 s, three times the response timeout.
+    let chunks = futures_util::stream::unfold(0u8, |i| async move {
+        if i == 6 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Some((
+            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from(
+                vec![b'u'; 1000],
+            ))),
+            i + 1,
+        ))
+    });
+    let client: hyper_util::client::legacy::Client<_, http_body_util::StreamBody<_>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let response = client
+        .request(
+            Request::post(lb.url("/echo"))
+                .body(http_body_util::StreamBody::new(Box::pin(chunks)))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(echo["body_bytes"], 6000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_backend_refusing_is_a_502() {
     let backends = backends(2).await;
     let lb = start(&backends, &["--health-interval", "1h"]);

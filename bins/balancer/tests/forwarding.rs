@@ -192,7 +192,7 @@ async fn hop_by_hop_headers_are_not_forwarded() {
     let lb = Balancer::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let raw = "GET /echo HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Drop-Me\r\nKeep-Alive: timeout=5\r\n\
                Proxy-Connection: keep-alive\r\nTE: trailers\r\nTrailer: x-sum\r\nUpgrade: something\r\n\
-               X-Drop-Me: 1\r\nX-Keep-Me: 2\r\nConnection: close\r\n\r\n";
+               X-Drop-Me: 1\r\nX-Keep-Me: 2\r\nConnection: close, host\r\n\r\n";
     let response = raw_exchange(lb.addr, raw.as_bytes());
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     let json = &response[response.find("\r\n\r\n").unwrap() + 4..];
@@ -213,6 +213,28 @@ async fn hop_by_hop_headers_are_not_forwarded() {
         );
     }
     assert_eq!(headers["x-keep-me"], serde_json::json!(["2"]));
+    assert_eq!(
+        headers["host"],
+        serde_json::json!(["a"]),
+        "Connection cannot name Host away"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absolute_form_target_names_the_host() {
+    let backends = backends(1).await;
+    let args = args_for(&backends);
+    let lb = Balancer::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let raw = "GET http://api.example:81/echo?x=1 HTTP/1.1\r\nHost: ignored.example\r\nConnection: close\r\n\r\n";
+    let response = raw_exchange(lb.addr, raw.as_bytes());
+    let echo: serde_json::Value =
+        serde_json::from_str(&response[response.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    assert_eq!(echo["path"], "/echo");
+    assert_eq!(echo["query"], "x=1&reqCounter=1");
+    assert_eq!(
+        echo["headers"]["host"],
+        serde_json::json!(["api.example:81"])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -164,3 +164,39 @@ async fn the_listening_line_comes_after_the_first_probe_round() {
         assert_eq!(get(&lb.url("/ping")).await.backend(), backends[1].id());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_right_after_the_listening_line_is_still_graceful() {
+    let backends = backends(1).await;
+    for name in ["TERM", "INT", "TERM", "INT", "TERM", "INT"] {
+        let mut lb = Balancer::start(&["--backend", &backends[0].url()]);
+        lb.signal(name);
+        assert_eq!(
+            lb.wait(Duration::from_secs(10)).code(),
+            Some(0),
+            "SIG{name}: {}",
+            lb.stderr()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_websockets_once_requests_are_done() {
+    use futures_util::StreamExt;
+    let backends = backends(1).await;
+    let mut lb = Balancer::start(&["--backend", &backends[0].url()]);
+    let stream = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{}/ws", lb.addr), stream)
+        .await
+        .unwrap();
+    lb.signal("TERM");
+    assert_eq!(lb.wait(Duration::from_secs(10)).code(), Some(0));
+    // The tunnel was closed, not left behind: the client sees the end of the stream.
+    let end = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("closed");
+    assert!(!matches!(
+        end,
+        Some(Ok(tokio_tungstenite::tungstenite::Message::Text(_)))
+    ));
+}

@@ -17,8 +17,8 @@ type Outcome = (Arc<Backend>, Result<(), ProbeError>);
 /// Probes every backend of a [`Pool`] each interval and flips its health with the result.
 ///
 /// - Probes of different backends run concurrently, so a slow backend never delays the others.
-/// - Probes of one backend never overlap: while one is still running, that backend's next turn
-///   is skipped.
+/// - Probes of one backend never overlap: a turn that comes while the previous probe is still
+///   running waits for it, and starts the moment it ends.
 /// - Every probe is bounded by the timeout; no answer in time is a failure.
 /// - The backends are read from the pool's current snapshot at every tick, so backends added or
 ///   removed later are picked up without restarting the checker.
@@ -79,22 +79,35 @@ impl Checker {
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut probes: JoinSet<Outcome> = JoinSet::new();
         let mut running: HashMap<Id, u64> = HashMap::new();
+        // Backends whose turn came while their previous probe was still running.
+        let mut owed: HashSet<u64> = HashSet::new();
         loop {
             tokio::select! {
                 () = &mut shutdown => return,
-                Some(done) = probes.join_next_with_id() => match done {
-                    Ok((id, (backend, result))) => {
-                        running.remove(&id);
-                        self.apply(&backend, result);
+                Some(done) = probes.join_next_with_id() => {
+                    let (id, finished) = match done {
+                        Ok((id, (backend, result))) => {
+                            self.apply(&backend, result);
+                            (id, Some(backend))
+                        }
+                        Err(e) => (e.id(), None),
+                    };
+                    let key = running.remove(&id);
+                    // A skipped turn is made up at once, so a slow probe delays the next one
+                    // by as little as possible (and never makes two overlap).
+                    if let (Some(key), Some(backend)) = (key, finished)
+                        && owed.remove(&key)
+                    {
+                        let handle = probes.spawn(self.probe_one(backend));
+                        running.insert(handle.id(), key);
                     }
-                    Err(e) => {
-                        running.remove(&e.id());
-                    }
-                },
+                }
                 _ = ticker.tick() => {
                     let busy: HashSet<u64> = running.values().copied().collect();
                     for backend in self.pool.load().backends() {
-                        if !busy.contains(&backend.key()) {
+                        if busy.contains(&backend.key()) {
+                            owed.insert(backend.key());
+                        } else {
                             let handle = probes.spawn(self.probe_one(Arc::clone(backend)));
                             running.insert(handle.id(), backend.key());
                         }
@@ -151,6 +164,7 @@ mod tests {
         down: Mutex<HashSet<String>>,
         slow: Mutex<HashMap<String, Duration>>,
         calls: Mutex<HashMap<String, usize>>,
+        starts: Mutex<Vec<(String, Instant)>>,
         active: Mutex<HashSet<String>>,
         overlaps: AtomicUsize,
     }
@@ -160,6 +174,10 @@ mod tests {
         async fn probe(&self, backend: &Backend) -> Result<(), ProbeError> {
             let id = backend.id().to_owned();
             *self.calls.lock().unwrap().entry(id.clone()).or_default() += 1;
+            self.starts
+                .lock()
+                .unwrap()
+                .push((id.clone(), Instant::now()));
             if !self.active.lock().unwrap().insert(id.clone()) {
                 self.overlaps.fetch_add(1, Ordering::SeqCst);
             }
@@ -241,6 +259,7 @@ mod tests {
             .with_interval(Duration::from_secs(1))
             .with_timeout(Duration::from_secs(10));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let t0 = Instant::now();
         let task = tokio::spawn(checker.run(async {
             let _ = stopped.await;
         }));
@@ -252,8 +271,18 @@ mod tests {
         // Ticks at 1..=10 s: the fast backends are probed at every one of them.
         assert_eq!(calls["127.0.0.1:1"], 10);
         assert_eq!(calls["127.0.0.1:2"], 10);
-        // The slow one starts at 1 s, is busy until 4.5 s, skips 2-4 s, starts again at 5 s...
+        // The slow one starts at 1 s and answers at 4.5 s; its turns at 2-4 s wait for that, and
+        // it starts again at once (4.5 s, 8 s): never two at a time, never idle while owed.
         assert_eq!(calls["127.0.0.1:3"], 3, "{calls:?}");
+        let slow_starts: Vec<u128> = probe
+            .starts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(id, _)| id == "127.0.0.1:3")
+            .map(|(_, at)| (*at - t0).as_millis())
+            .collect();
+        assert_eq!(slow_starts, [1000, 4500, 8000]);
         assert_eq!(probe.overlaps.load(Ordering::SeqCst), 0);
     }
 

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use lb_core::InFlight;
+use tokio::sync::oneshot;
 
 use crate::upstream::Conn;
 
@@ -114,5 +115,58 @@ impl Body for ProxyBody {
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Upstream { body, .. } => body.size_hint(),
         }
+    }
+}
+
+/// A client's request body on its way to a backend, which says when it has been sent whole:
+/// the response timeout counts from then, so a long upload is not cut off by it.
+#[derive(Debug)]
+pub(crate) struct RequestBody {
+    inner: Incoming,
+    sent: Option<oneshot::Sender<()>>,
+}
+
+impl RequestBody {
+    /// Wraps `inner`; the receiver completes once it has been read to its end (or dropped).
+    /// A body that is empty from the start needs no signal: `None`.
+    pub(crate) fn new(inner: Incoming) -> (Self, Option<oneshot::Receiver<()>>) {
+        if inner.is_end_stream() {
+            return (RequestBody { inner, sent: None }, None);
+        }
+        let (tx, rx) = oneshot::channel();
+        (
+            RequestBody {
+                inner,
+                sent: Some(tx),
+            },
+            Some(rx),
+        )
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        if (frame.is_none() || this.inner.is_end_stream())
+            && let Some(sent) = this.sent.take()
+        {
+            let _ = sent.send(());
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -13,26 +13,29 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
+use hyper::client::conn::TrySendError;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use lb_core::{Context, InFlight, Pool};
-use tokio::time::timeout;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::ProxyError;
-use crate::body::ProxyBody;
+use crate::body::{ProxyBody, RequestBody};
 use crate::rewrite;
 use crate::upstream::{Conn, Upstream, UpstreamConfig};
 
 /// Builds a [`Proxy`]. Defaults: counter parameter `reqCounter`, connect timeout 1 s, response
-/// timeout 30 s, 3 retries on other backends after a failed connect, idle upstream connections
-/// kept 90 s, at most 256 of them per backend.
+/// timeout 30 s, after a failed connect every other eligible backend tried once (as nginx does),
+/// idle upstream connections kept 90 s, at most 256 of them per backend.
 #[derive(Debug, Clone)]
 pub struct ProxyBuilder {
     pool: Arc<Pool>,
     counter_param: Option<String>,
     connect_timeout: Duration,
     response_timeout: Duration,
-    retries: usize,
+    retries: Option<usize>,
     idle_timeout: Duration,
     max_idle_per_backend: usize,
 }
@@ -52,15 +55,16 @@ impl ProxyBuilder {
         self
     }
 
-    /// Longest wait for a backend's response headers once the request is sent (default 30 s);
-    /// past it the client gets 504.
+    /// Longest wait for a backend's response headers once the request, body included, has been
+    /// sent (default 30 s); past it the client gets 504.
     pub fn response_timeout(mut self, timeout: Duration) -> Self {
         self.response_timeout = timeout;
         self
     }
 
-    /// How many other backends to try after one that could not be connected to (default 3).
-    pub fn retries(mut self, retries: usize) -> Self {
+    /// How many other backends to try after one that could not be connected to; `None` (the
+    /// default) tries every eligible backend once.
+    pub fn retries(mut self, retries: Option<usize>) -> Self {
         self.retries = retries;
         self
     }
@@ -97,6 +101,8 @@ impl ProxyBuilder {
                 counter_param: self.counter_param.map(String::into_boxed_str),
                 response_timeout: self.response_timeout,
                 retries: self.retries,
+                tunnels: TaskTracker::new(),
+                close_tunnels: CancellationToken::new(),
             }),
         })
     }
@@ -118,7 +124,10 @@ struct Shared {
     counter: Arc<AtomicU64>,
     counter_param: Option<Box<str>>,
     response_timeout: Duration,
-    retries: usize,
+    retries: Option<usize>,
+    /// Upgraded connections (WebSocket) being tunnelled, and their stop signal.
+    tunnels: TaskTracker,
+    close_tunnels: CancellationToken,
 }
 
 impl Proxy {
@@ -129,7 +138,7 @@ impl Proxy {
             counter_param: Some("reqCounter".to_owned()),
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(30),
-            retries: 3,
+            retries: None,
             idle_timeout: Duration::from_secs(90),
             max_idle_per_backend: 256,
         }
@@ -149,6 +158,21 @@ impl Proxy {
     /// to see keep-alive reuse.
     pub fn upstream_connections_opened(&self) -> u64 {
         self.shared.upstream.connections_opened()
+    }
+
+    /// Upgraded connections (WebSocket) currently tunnelled to a backend.
+    pub fn upgraded_connections(&self) -> usize {
+        self.shared.tunnels.len()
+    }
+
+    /// Closes every upgraded connection and waits until they are gone. [`Server::serve`]
+    /// calls this once its in-flight requests are done.
+    ///
+    /// [`Server::serve`]: crate::Server::serve
+    pub async fn close_upgraded_connections(&self) {
+        self.shared.close_tunnels.cancel();
+        self.shared.tunnels.close();
+        self.shared.tunnels.wait().await;
     }
 
     /// The service for one client connection from `client`.
@@ -193,6 +217,13 @@ impl Proxy {
         if request.method() == Method::CONNECT {
             return Err(ProxyError::MethodNotAllowed);
         }
+        // RFC 9112 §3.2: an HTTP/1.1 request without Host is answered 400.
+        if request.version() == Version::HTTP_11
+            && !request.headers().contains_key(header::HOST)
+            && request.uri().authority().is_none()
+        {
+            return Err(ProxyError::BadRequest("missing Host header\n"));
+        }
         let (mut parts, body) = request.into_parts();
         let upgrade = rewrite::is_upgrade_request(parts.version, &parts.headers);
         let client_upgrade = if upgrade {
@@ -206,8 +237,10 @@ impl Proxy {
         rewrite::rewrite_target(&mut parts.uri, counter)?;
         parts.version = Version::HTTP_11;
 
-        let (mut response, conn, in_flight) =
-            self.dispatch(Request::from_parts(parts, body)).await?;
+        let (body, sent) = RequestBody::new(body);
+        let (mut response, conn, in_flight) = self
+            .dispatch(Request::from_parts(parts, body), sent)
+            .await?;
 
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_upgrade) = client_upgrade else {
@@ -216,7 +249,10 @@ impl Proxy {
                 });
             };
             let upstream_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, in_flight));
+            let closed = self.shared.close_tunnels.clone().cancelled_owned();
+            self.shared
+                .tunnels
+                .spawn(tunnel(client_upgrade, upstream_upgrade, in_flight, closed));
             rewrite::strip_hop_by_hop(response.headers_mut(), true);
             return Ok(response.map(|_| ProxyBody::empty()));
         }
@@ -228,12 +264,13 @@ impl Proxy {
     /// not left the proxy (connect failed, or a pooled connection turned out closed).
     async fn dispatch(
         &self,
-        mut request: Request<Incoming>,
+        mut request: Request<RequestBody>,
+        mut body_sent: Option<oneshot::Receiver<()>>,
     ) -> Result<(Response<Incoming>, Conn, InFlight), ProxyError> {
         let shared = &self.shared;
         let mut tried: Vec<u64> = Vec::new();
         let mut last_error = None;
-        'backends: while tried.len() <= shared.retries {
+        'backends: while shared.retries.is_none_or(|r| tried.len() <= r) {
             let Some(backend) = shared.pool.select(&Context::new().excluding(&tried)) else {
                 break;
             };
@@ -248,11 +285,10 @@ impl Proxy {
                 }
             };
             loop {
-                let sent = timeout(shared.response_timeout, conn.send(request)).await;
-                let mut error = match sent {
-                    Ok(Ok(response)) => return Ok((response, conn, in_flight)),
-                    Ok(Err(error)) => error,
-                    Err(_) => {
+                let mut error = match self.exchange(&mut conn, request, &mut body_sent).await {
+                    Some(Ok(response)) => return Ok((response, conn, in_flight)),
+                    Some(Err(error)) => error,
+                    None => {
                         return Err(ProxyError::ResponseTimeout {
                             backend: backend.id().to_owned(),
                             timeout: shared.response_timeout,
@@ -284,6 +320,27 @@ impl Proxy {
             }
         }
         Err(last_error.unwrap_or(ProxyError::NoHealthyBackend))
+    }
+
+    /// Sends `request` on `conn` and waits for the response headers, for at most the response
+    /// timeout counted from when the body has been sent. `None` when that ran out.
+    async fn exchange(
+        &self,
+        conn: &mut Conn,
+        request: Request<RequestBody>,
+        body_sent: &mut Option<oneshot::Receiver<()>>,
+    ) -> Option<Result<Response<Incoming>, TrySendError<Request<RequestBody>>>> {
+        let response = conn.send(request);
+        let deadline = async {
+            if let Some(sent) = body_sent.as_mut() {
+                let _ = sent.await;
+            }
+            tokio::time::sleep(self.shared.response_timeout).await;
+        };
+        tokio::select! {
+            response = response => Some(response),
+            () = deadline => None,
+        }
     }
 }
 
@@ -346,18 +403,24 @@ fn error_response(error: &ProxyError) -> Response<ProxyBody> {
 }
 
 /// Copies bytes both ways between an upgraded client connection and its backend connection
-/// until either side closes.
-async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, _in_flight: InFlight) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(both) => both,
-        Err(error) => {
-            tracing::debug!(%error, "upgrade failed");
-            return;
-        }
+/// until either side closes, or `closed` completes.
+async fn tunnel(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    _in_flight: InFlight,
+    closed: impl Future<Output = ()>,
+) {
+    let relay = async {
+        let (client, upstream) = tokio::try_join!(client, upstream)?;
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
     };
-    let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
-    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(%error, "upgraded connection ended with an error");
+    tokio::select! {
+        () = closed => {},
+        ended = relay => if let Err(error) = ended {
+            tracing::debug!(%error, "upgraded connection ended with an error");
+        },
     }
 }

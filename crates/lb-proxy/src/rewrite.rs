@@ -58,7 +58,8 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
     for name in named {
-        if !(upgrade && name == header::UPGRADE) {
+        // `Connection: host` must not take the client's Host away.
+        if name != header::HOST && !(upgrade && name == header::UPGRADE) {
             headers.remove(name);
         }
     }
@@ -73,13 +74,14 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 }
 
 /// Sets the forwarding headers: appends the client's address to `X-Forwarded-For`, and sets
-/// `X-Forwarded-Proto: http` and `X-Forwarded-Host` to the host the client asked for. Also gives
-/// a request that arrived without `Host` (HTTP/2, absolute-form) one from its URI's authority.
+/// `X-Forwarded-Proto: http` and `X-Forwarded-Host` to the host the client asked for.
+///
+/// A request target with an authority (HTTP/1.1 absolute-form, HTTP/2's `:authority`) names the
+/// host, and `Host` is set to it (RFC 9112 §3.2.2); otherwise the client's `Host` is kept as is.
 pub(crate) fn add_forwarding_headers(headers: &mut HeaderMap, uri: &Uri, client_ip: &HeaderValue) {
-    if !headers.contains_key(header::HOST)
-        && let Some(host) = uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    if let Some(host) = uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     {
         headers.insert(header::HOST, host);
     }
@@ -212,6 +214,18 @@ mod tests {
     }
 
     #[test]
+    fn connection_cannot_name_host_away() {
+        let mut h = headers(&[
+            ("connection", "host, x-a"),
+            ("host", "example.com"),
+            ("x-a", "1"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h["host"], "example.com");
+        assert!(!h.contains_key("x-a"));
+    }
+
+    #[test]
     fn an_upgrade_keeps_upgrade_and_says_connection_upgrade() {
         let mut h = headers(&[
             ("connection", "Upgrade"),
@@ -255,6 +269,15 @@ mod tests {
             "10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.1"
         );
         assert_eq!(h["x-forwarded-proto"], "http");
+    }
+
+    #[test]
+    fn an_absolute_target_names_the_host() {
+        let ip = HeaderValue::from_static("127.0.0.1");
+        let mut h = headers(&[("host", "other.example")]);
+        add_forwarding_headers(&mut h, &"http://api.example/x".parse().unwrap(), &ip);
+        assert_eq!(h["host"], "api.example");
+        assert_eq!(h["x-forwarded-host"], "api.example");
     }
 
     #[test]

@@ -8,6 +8,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::Proxy;
 use crate::framing::FramingGuard;
@@ -47,8 +49,9 @@ impl Server {
     }
 
     /// Accepts connections until `shutdown` completes, then stops accepting at once, closes idle
-    /// keep-alive connections, lets in-flight requests finish (up to the grace period) and
-    /// returns.
+    /// keep-alive connections, lets in-flight requests finish (up to the grace period), closes
+    /// what is left and the upgraded (WebSocket) connections, and returns once every task it
+    /// started has ended.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -59,6 +62,8 @@ impl Server {
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX));
         let graceful = GracefulShutdown::new();
+        let connections = TaskTracker::new();
+        let hard_stop = CancellationToken::new();
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             let (stream, client) = tokio::select! {
@@ -80,9 +85,13 @@ impl Server {
                 )
                 .into_owned();
             let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                if let Err(error) = conn.await {
-                    tracing::debug!(%client, %error, "client connection ended with an error");
+            let stopped = hard_stop.clone().cancelled_owned();
+            connections.spawn(async move {
+                tokio::select! {
+                    ended = conn => if let Err(error) = ended {
+                        tracing::debug!(%client, %error, "client connection ended with an error");
+                    },
+                    () = stopped => {},
                 }
             });
         }
@@ -97,6 +106,10 @@ impl Server {
         {
             tracing::warn!(grace_period = ?self.grace_period, "grace period over, closing remaining connections");
         }
+        hard_stop.cancel();
+        connections.close();
+        connections.wait().await;
+        self.proxy.close_upgraded_connections().await;
     }
 }
 

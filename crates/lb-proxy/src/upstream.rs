@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, Once, PoisonError, Weak};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 
 use crate::ProxyError;
+use crate::body::RequestBody;
 
 /// Settings of the upstream connection pool.
 #[derive(Debug, Clone)]
@@ -40,10 +41,39 @@ struct Shared {
     idle: Mutex<HashMap<u64, VecDeque<Idle>>>,
     config: UpstreamConfig,
     opened: AtomicU64,
+    reaper: Once,
+}
+
+impl Shared {
+    /// Closes idle connections past the idle timeout and forgets backends with none left.
+    fn reap(&self) {
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        idle.retain(|_, list| {
+            list.retain(|e| {
+                now.duration_since(e.since) < self.config.idle_timeout && !e.sender.is_closed()
+            });
+            !list.is_empty()
+        });
+    }
+}
+
+/// Reaps `shared` every half idle timeout (between 1 s and 30 s) for as long as the pool
+/// exists: it holds only a weak reference, and ends at the first tick after the pool is gone.
+async fn reap_while_alive(shared: Weak<Shared>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match shared.upgrade() {
+            Some(shared) => shared.reap(),
+            None => return,
+        }
+    }
 }
 
 struct Idle {
-    sender: http1::SendRequest<Incoming>,
+    sender: http1::SendRequest<RequestBody>,
     since: Instant,
 }
 
@@ -54,6 +84,7 @@ impl Upstream {
                 idle: Mutex::new(HashMap::new()),
                 config,
                 opened: AtomicU64::new(0),
+                reaper: Once::new(),
             }),
         }
     }
@@ -115,6 +146,11 @@ impl Upstream {
             }
         });
         self.shared.opened.fetch_add(1, Ordering::Relaxed);
+        self.shared.reaper.call_once(|| {
+            let every = (self.shared.config.idle_timeout / 2)
+                .clamp(Duration::from_secs(1), Duration::from_secs(30));
+            tokio::spawn(reap_while_alive(Arc::downgrade(&self.shared), every));
+        });
         Ok(Conn {
             sender,
             key: backend.key(),
@@ -125,7 +161,7 @@ impl Upstream {
 
     /// Newest ready connection first; closed or expired ones met on the way are dropped, busy
     /// ones (a response still finishing on them) are left in place.
-    fn take_idle(&self, key: u64) -> Option<http1::SendRequest<Incoming>> {
+    fn take_idle(&self, key: u64) -> Option<http1::SendRequest<RequestBody>> {
         let mut idle = self
             .shared
             .idle
@@ -159,7 +195,7 @@ impl fmt::Debug for Upstream {
 
 /// A connection taken from the pool (or just opened) for one request.
 pub(crate) struct Conn {
-    sender: http1::SendRequest<Incoming>,
+    sender: http1::SendRequest<RequestBody>,
     key: u64,
     reused: bool,
     pool: Arc<Shared>,
@@ -176,8 +212,8 @@ impl Conn {
     /// the error hands the request back, so it can be sent elsewhere.
     pub(crate) fn send(
         &mut self,
-        request: Request<Incoming>,
-    ) -> impl Future<Output = Result<Response<Incoming>, TrySendError<Request<Incoming>>>> + use<>
+        request: Request<RequestBody>,
+    ) -> impl Future<Output = Result<Response<Incoming>, TrySendError<Request<RequestBody>>>> + use<>
     {
         self.sender.try_send_request(request)
     }
