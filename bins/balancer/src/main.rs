@@ -3,6 +3,7 @@
 
 mod admin;
 mod settings;
+mod workers;
 
 use std::io::IsTerminal;
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -13,13 +14,14 @@ use clap::Parser;
 use lb_backend::TestBackend;
 use lb_core::{Pool, RoundRobin, Strategy};
 use lb_health::{Checker, HttpProbe};
-use lb_proxy::{Proxy, Server};
+use lb_proxy::Proxy;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
 use crate::settings::{Args, Settings, StrategyName};
+use crate::workers::Workers;
 
 /// Exit code for a bad flag or config (as clap uses).
 const USAGE: u8 = 2;
@@ -72,8 +74,8 @@ fn main() -> ExitCode {
         Ok(proxy) => proxy,
         Err(e) => return fail(USAGE, &e.to_string()),
     };
-    let listener = match bind(settings.listen) {
-        Ok(listener) => listener,
+    let listeners = match workers::bind(settings.listen, settings.workers) {
+        Ok(listeners) => listeners,
         Err(message) => return fail(1, &message),
     };
     let admin = match settings.admin.map(bind).transpose() {
@@ -91,10 +93,10 @@ fn main() -> ExitCode {
     let served = runtime.block_on(async {
         let signals = Signals::new()?;
         let demo = start_demo(demo)?;
-        let listener = TcpListener::from_std(listener)?;
-        let addr = listener.local_addr()?;
+        let addr = listeners[0].local_addr()?;
         tracing::info!(
             backends = pool.load().backends().len(),
+            workers = settings.workers,
             strategy = %settings.strategy,
             health = %format!("GET {} every {:?}", settings.health_path, settings.health_interval),
             "starting"
@@ -114,6 +116,7 @@ fn main() -> ExitCode {
                 closed(stopped.clone()),
             ));
         }
+        let workers = Workers::start(listeners, &proxy, settings.grace_period)?;
         println!("balancer listening on {addr}");
         if !demo.is_empty() {
             println!(
@@ -121,7 +124,8 @@ fn main() -> ExitCode {
                 demo.len()
             );
         }
-        Server::new(proxy).serve(listener, signals.first()).await;
+        signals.first().await;
+        workers.stop().await;
         drop(stop);
         let _ = health.await;
         for backend in demo {

@@ -65,6 +65,13 @@ pub(crate) struct Args {
     /// Address (IP:port) of the admin listener (GET /healthz, GET /backends); off by default.
     #[arg(long, value_name = "ADDR")]
     admin: Option<SocketAddr>,
+    /// Worker threads serving requests, each with its own event loop, listener and upstream
+    /// connections [default: $TOKIO_WORKER_THREADS if set, else the CPUs this process may use].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    workers: Option<u16>,
+    /// How long requests in flight may still run after SIGTERM or SIGINT [default: 30s].
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
+    grace_period: Option<Duration>,
     /// Also start three test backends in this process and balance over them, in place of the
     /// default backends.
     #[arg(long)]
@@ -90,6 +97,9 @@ struct File {
     response_timeout: Option<Duration>,
     request_counter_param: Option<String>,
     admin: Option<SocketAddr>,
+    workers: Option<u16>,
+    #[serde(default, deserialize_with = "duration")]
+    grace_period: Option<Duration>,
 }
 
 /// One `[[backend]]` table.
@@ -113,6 +123,8 @@ pub(crate) struct Settings {
     pub(crate) response_timeout: Duration,
     pub(crate) request_counter_param: Option<String>,
     pub(crate) admin: Option<SocketAddr>,
+    pub(crate) workers: usize,
+    pub(crate) grace_period: Duration,
     pub(crate) demo: bool,
 }
 
@@ -187,6 +199,14 @@ impl Settings {
             )
             .filter(|p| !p.is_empty()),
             admin: args.admin.or(file.admin),
+            workers: args
+                .workers
+                .or(file.workers)
+                .map_or_else(default_workers, usize::from),
+            grace_period: args
+                .grace_period
+                .or(file.grace_period)
+                .unwrap_or(Duration::from_secs(30)),
             demo,
         };
         if settings.admin == Some(settings.listen) && settings.listen.port() != 0 {
@@ -197,6 +217,17 @@ impl Settings {
         }
         Ok(settings)
     }
+}
+
+/// `$TOKIO_WORKER_THREADS` if it is a positive number, else the CPUs this process may run on
+/// (which respects `taskset`), else 1.
+fn default_workers() -> usize {
+    std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
+        .unwrap_or(1)
 }
 
 fn read_file(path: &Path) -> Result<File, String> {

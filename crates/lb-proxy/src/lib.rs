@@ -44,4 +44,4 @@ mod upstream;
 pub use body::ProxyBody;
 pub use error::ProxyError;
 pub use proxy::{Proxy, ProxyBuilder, ProxyService};
-pub use server::{Server, serve};
+pub use server::{Server, bind_reuseport, serve};

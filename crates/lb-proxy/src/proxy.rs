@@ -98,7 +98,7 @@ impl ProxyBuilder {
                     max_idle_per_backend: self.max_idle_per_backend,
                 }),
                 counter: Arc::new(AtomicU64::new(0)),
-                counter_param: self.counter_param.map(String::into_boxed_str),
+                counter_param: self.counter_param.map(Arc::from),
                 response_timeout: self.response_timeout,
                 retries: self.retries,
                 tunnels: TaskTracker::new(),
@@ -122,7 +122,7 @@ struct Shared {
     pool: Arc<Pool>,
     upstream: Upstream,
     counter: Arc<AtomicU64>,
-    counter_param: Option<Box<str>>,
+    counter_param: Option<Arc<str>>,
     response_timeout: Duration,
     retries: Option<usize>,
     /// Upgraded connections (WebSocket) being tunnelled, and their stop signal.
@@ -154,10 +154,31 @@ impl Proxy {
         self.shared.counter.load(Ordering::Relaxed)
     }
 
-    /// Upstream connections opened so far; compare with [`requests_received`](Self::requests_received)
-    /// to see keep-alive reuse.
+    /// Upstream connections opened so far, by this proxy and every [`worker`](Self::worker) made
+    /// from it; compare with [`requests_received`](Self::requests_received) to see keep-alive
+    /// reuse.
     pub fn upstream_connections_opened(&self) -> u64 {
         self.shared.upstream.connections_opened()
+    }
+
+    /// A proxy that shares this one's pool, request counter and settings but has connections of
+    /// its own: its own keep-alive pool of upstream connections and its own upgraded
+    /// connections. Give one to each worker thread, and the workers share nothing on the request
+    /// path but the pool's snapshot and the counter.
+    pub fn worker(&self) -> Proxy {
+        let shared = &self.shared;
+        Proxy {
+            shared: Arc::new(Shared {
+                pool: Arc::clone(&shared.pool),
+                upstream: shared.upstream.fresh(),
+                counter: Arc::clone(&shared.counter),
+                counter_param: shared.counter_param.clone(),
+                response_timeout: shared.response_timeout,
+                retries: shared.retries,
+                tunnels: TaskTracker::new(),
+                close_tunnels: CancellationToken::new(),
+            }),
+        }
     }
 
     /// Upgraded connections (WebSocket) currently tunnelled to a backend.

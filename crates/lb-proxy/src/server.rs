@@ -131,3 +131,19 @@ async fn pause_after_accept_error(error: &io::Error) {
     tracing::warn!(%error, "accept failed; pausing 50 ms");
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
+
+/// Binds a listening socket on `addr` that other sockets may bind too (`SO_REUSEPORT`), so that
+/// each worker thread can have a listener of its own and the kernel spreads new connections
+/// among them. Bind the first on the address you want (port 0 picks one), the others on the
+/// first one's [`local_addr`](std::net::TcpListener::local_addr). The socket is non-blocking,
+/// ready for [`TcpListener::from_std`], with a backlog of 4096 (capped by `net.core.somaxconn`).
+pub fn bind_reuseport(addr: std::net::SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}

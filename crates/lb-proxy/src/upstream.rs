@@ -40,7 +40,8 @@ pub(crate) struct Upstream {
 struct Shared {
     idle: Mutex<HashMap<u64, VecDeque<Idle>>>,
     config: UpstreamConfig,
-    opened: AtomicU64,
+    /// Shared with the pools made by [`Upstream::fresh`], so it counts for all of them.
+    opened: Arc<AtomicU64>,
     reaper: Once,
 }
 
@@ -83,7 +84,20 @@ impl Upstream {
             shared: Arc::new(Shared {
                 idle: Mutex::new(HashMap::new()),
                 config,
-                opened: AtomicU64::new(0),
+                opened: Arc::new(AtomicU64::new(0)),
+                reaper: Once::new(),
+            }),
+        }
+    }
+
+    /// An empty pool with the same settings, counting into the same total of opened
+    /// connections.
+    pub(crate) fn fresh(&self) -> Self {
+        Upstream {
+            shared: Arc::new(Shared {
+                idle: Mutex::new(HashMap::new()),
+                config: self.shared.config.clone(),
+                opened: Arc::clone(&self.shared.opened),
                 reaper: Once::new(),
             }),
         }
