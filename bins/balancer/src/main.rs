@@ -14,7 +14,7 @@ use clap::Parser;
 use lb_backend::TestBackend;
 use lb_core::{Pool, RoundRobin, Strategy};
 use lb_health::{Checker, HttpProbe};
-use lb_proxy::Proxy;
+use lb_proxy::{Proxy, Server};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
@@ -116,7 +116,11 @@ fn main() -> ExitCode {
                 closed(stopped.clone()),
             ));
         }
-        let workers = Workers::start(listeners, &proxy, settings.grace_period)?;
+        let server = Server::new(proxy.clone())
+            .client_header_timeout(settings.client_header_timeout)
+            .idle_timeout(settings.idle_timeout)
+            .grace_period(settings.grace_period);
+        let workers = Workers::start(listeners, &proxy, &server)?;
         println!("balancer listening on {addr}");
         if !demo.is_empty() {
             println!(

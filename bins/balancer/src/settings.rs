@@ -59,6 +59,13 @@ pub(crate) struct Args {
     /// gets 504 [default: 30s].
     #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
     response_timeout: Option<Duration>,
+    /// Longest time a client may take to send a request head once it has begun; slower gets 408
+    /// and is disconnected (slowloris) [default: 10s].
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
+    client_header_timeout: Option<Duration>,
+    /// Idle keep-alive client connections are closed after this long [default: 60s].
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
+    idle_timeout: Option<Duration>,
     /// Query parameter carrying the request counter; "" turns it off [default: reqCounter].
     #[arg(long, value_name = "NAME")]
     request_counter_param: Option<String>,
@@ -95,6 +102,10 @@ struct File {
     connect_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
     response_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    client_header_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    idle_timeout: Option<Duration>,
     request_counter_param: Option<String>,
     admin: Option<SocketAddr>,
     workers: Option<u16>,
@@ -121,6 +132,8 @@ pub(crate) struct Settings {
     pub(crate) health_timeout: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) response_timeout: Duration,
+    pub(crate) client_header_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     pub(crate) request_counter_param: Option<String>,
     pub(crate) admin: Option<SocketAddr>,
     pub(crate) workers: usize,
@@ -192,6 +205,14 @@ impl Settings {
                 .response_timeout
                 .or(file.response_timeout)
                 .unwrap_or(Duration::from_secs(30)),
+            client_header_timeout: args
+                .client_header_timeout
+                .or(file.client_header_timeout)
+                .unwrap_or(Duration::from_secs(10)),
+            idle_timeout: args
+                .idle_timeout
+                .or(file.idle_timeout)
+                .unwrap_or(Duration::from_secs(60)),
             request_counter_param: Some(
                 args.request_counter_param
                     .or(file.request_counter_param)
@@ -278,6 +299,9 @@ mod tests {
         assert_eq!(s.health_timeout, Duration::from_secs(1));
         assert_eq!(s.connect_timeout, Duration::from_secs(1));
         assert_eq!(s.response_timeout, Duration::from_secs(30));
+        assert_eq!(s.client_header_timeout, Duration::from_secs(10));
+        assert_eq!(s.idle_timeout, Duration::from_secs(60));
+        assert_eq!(s.grace_period, Duration::from_secs(30));
         assert_eq!(s.request_counter_param.as_deref(), Some("reqCounter"));
         assert_eq!(s.admin, None);
         assert!(!s.demo);

@@ -4,7 +4,6 @@
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use lb_proxy::{Proxy, Server};
 use tokio::net::TcpListener;
@@ -30,16 +29,17 @@ pub(crate) struct Workers {
 }
 
 impl Workers {
-    /// Starts one worker thread per listener, each serving its own [`Proxy::worker`].
+    /// Starts one worker thread per listener, each serving its own [`Proxy::worker`] with the
+    /// settings of `server`.
     pub(crate) fn start(
         listeners: Vec<StdListener>,
         proxy: &Proxy,
-        grace: Duration,
+        server: &Server,
     ) -> io::Result<Workers> {
         let (stop, stopped) = watch::channel(false);
         let mut threads = Vec::new();
         for (i, listener) in listeners.into_iter().enumerate() {
-            let proxy = proxy.worker();
+            let server = server.clone().proxy(proxy.worker());
             let mut stopped = stopped.clone();
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -55,10 +55,7 @@ impl Workers {
                         let shutdown = async move {
                             let _ = stopped.wait_for(|stop| *stop).await;
                         };
-                        Server::new(proxy)
-                            .grace_period(grace)
-                            .serve(listener, shutdown)
-                            .await;
+                        server.serve(listener, shutdown).await;
                     });
                 })?;
             threads.push(thread);

@@ -6,90 +6,28 @@
 //! hyper resolves the conflict safely by itself (it ignores `Content-Length` and closes the
 //! connection afterwards) but hides it from the service, which then cannot answer 400.
 //!
-//! So this wrapper reads the request stream as hyper does, one message head at a time, and when
+//! So [`ClientIo`](crate::client_io::ClientIo) reads the request stream as hyper does, one message head at a time, and when
 //! a head carries both headers it spoils that head's final line feed before hyper sees it. hyper
 //! then rejects the head as malformed with its own 400 and closes the connection, and nothing of
 //! the request reaches a backend. Bodies are skipped, not copied: `Content-Length` bytes are
 //! counted and chunked bodies are followed chunk by chunk. Anything the wrapper does not follow
 //! (upgrades, HTTP/2, a head hyper will reject anyway) turns it off for the rest of the
 //! connection, leaving the decision to hyper.
+//!
+//! Heads are not parsed twice: the guard only finds line ends and the three headers that decide
+//! framing (`Content-Length`, `Transfer-Encoding`, `Upgrade`), and leaves validation to hyper.
 
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll, ready};
-
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-
-/// Headers read per request head; more is hyper's 431 to give.
-const MAX_HEADERS: usize = 100;
-
-/// Wraps a client connection's byte stream; see the module docs.
+/// Follows HTTP/1 message framing on a client connection's bytes; see the module docs.
 #[derive(Debug)]
-pub(crate) struct FramingGuard<T> {
-    io: T,
-    inspector: Inspector,
-}
-
-impl<T> FramingGuard<T> {
-    /// Guards `io`; heads longer than `max_head` are left for hyper to refuse.
-    pub(crate) fn new(io: T, max_head: usize) -> Self {
-        FramingGuard {
-            io,
-            inspector: Inspector::new(max_head),
-        }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for FramingGuard<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
-        this.inspector.inspect(&mut buf.filled_mut()[before..]);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for FramingGuard<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-}
-
-#[derive(Debug)]
-struct Inspector {
+pub(crate) struct Inspector {
     state: State,
     /// The start of a head that did not fit in one read.
     partial: Vec<u8>,
     max_head: usize,
+    /// Request heads read to their end so far.
+    heads: u64,
+    /// An upgrade (or CONNECT) was asked for: the bytes may stop being HTTP.
+    upgrade: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,21 +50,41 @@ enum Framing {
     Chunked,
     /// Both `Content-Length` and `Transfer-Encoding`: refuse.
     Ambiguous,
-    /// Something hyper decides on its own (upgrade, CONNECT, bad lengths, other codings).
+    /// Something hyper decides on its own (bad lengths, other codings).
     Unfollowed,
+    /// An upgrade or CONNECT: what follows may not be HTTP.
+    Upgrade,
 }
 
 impl Inspector {
-    fn new(max_head: usize) -> Self {
+    /// Follows a new connection; heads longer than `max_head` are left for hyper to refuse.
+    pub(crate) fn new(max_head: usize) -> Self {
         Inspector {
             state: State::Head,
             partial: Vec::new(),
             max_head,
+            heads: 0,
+            upgrade: false,
         }
     }
 
+    /// Request heads read to their end so far.
+    pub(crate) fn heads(&self) -> u64 {
+        self.heads
+    }
+
+    /// True while a request head has begun but not ended.
+    pub(crate) fn in_head(&self) -> bool {
+        !self.partial.is_empty()
+    }
+
+    /// True once a request asked to switch protocols.
+    pub(crate) fn upgrade_requested(&self) -> bool {
+        self.upgrade
+    }
+
     /// Follows `data`, the bytes just read, spoiling the head of an ambiguous request.
-    fn inspect(&mut self, data: &mut [u8]) {
+    pub(crate) fn inspect(&mut self, data: &mut [u8]) {
         let mut pos = 0;
         while pos < data.len() {
             match self.state {
@@ -180,6 +138,7 @@ impl Inspector {
         match parsed {
             Parsed::Complete(len, framing) => {
                 self.partial = Vec::new();
+                self.heads += 1;
                 let end = pos + (len - carried);
                 self.state = match framing {
                     Framing::None | Framing::Length(0) => State::Head,
@@ -192,6 +151,10 @@ impl Inspector {
                         State::Off
                     }
                     Framing::Unfollowed => State::Off,
+                    Framing::Upgrade => {
+                        self.upgrade = true;
+                        State::Off
+                    }
                 };
                 Some(end)
             }
@@ -220,51 +183,97 @@ enum Parsed {
     Invalid,
 }
 
+/// Finds the end of the request head at the start of `bytes` and how its body is framed.
+///
+/// Not a full parser: hyper parses (and validates) every head anyway. This only finds the line
+/// ends, as hyper does (CRLF or bare LF), and looks at the three headers that decide framing,
+/// which costs a fraction of parsing the head again. A request line that is not HTTP/1.x
+/// (the HTTP/2 preface, garbage) is `Invalid`, which turns the guard off: hyper answers it.
 fn parse(bytes: &[u8]) -> Parsed {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut headers);
-    match request.parse(bytes) {
-        Ok(httparse::Status::Complete(len)) => Parsed::Complete(len, framing(&request)),
-        Ok(httparse::Status::Partial) => Parsed::Partial,
-        Err(_) => Parsed::Invalid,
+    let Some(line_end) = memchr::memchr(b'\n', bytes) else {
+        return Parsed::Partial;
+    };
+    let request_line = trim_cr(&bytes[..line_end]);
+    if !(request_line.ends_with(b" HTTP/1.1") || request_line.ends_with(b" HTTP/1.0")) {
+        return Parsed::Invalid;
     }
+    let mut head = Head {
+        connect: request_line.starts_with(b"CONNECT "),
+        ..Head::default()
+    };
+    let first = line_end + 1;
+    let mut start = first;
+    for end in memchr::memchr_iter(b'\n', &bytes[first..]).map(|i| first + i) {
+        let line = trim_cr(&bytes[start..end]);
+        if line.is_empty() {
+            return Parsed::Complete(end + 1, head.framing());
+        }
+        head.header(line);
+        start = end + 1;
+    }
+    Parsed::Partial
 }
 
-fn framing(request: &httparse::Request<'_, '_>) -> Framing {
-    let mut length: Option<u64> = None;
-    let mut has_length = false;
-    let mut has_encoding = false;
-    let mut chunked = false;
-    let mut unfollowed = request.method == Some("CONNECT");
-    for header in request.headers.iter() {
-        let name = header.name;
-        if name.eq_ignore_ascii_case("content-length") {
-            has_length = true;
-            let value = std::str::from_utf8(header.value).ok().map(str::trim);
-            match value.and_then(|v| v.parse::<u64>().ok()) {
-                Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
-                _ => unfollowed = true,
+fn trim_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// What a head says about framing, gathered line by line.
+#[derive(Default)]
+struct Head {
+    connect: bool,
+    upgrade: bool,
+    length: Option<u64>,
+    has_length: bool,
+    bad_length: bool,
+    has_encoding: bool,
+    chunked: bool,
+}
+
+impl Head {
+    fn header(&mut self, line: &[u8]) {
+        let Some(colon) = memchr::memchr(b':', line) else {
+            return;
+        };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        match name.len() {
+            14 if name.eq_ignore_ascii_case(b"content-length") => {
+                self.has_length = true;
+                let n = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok());
+                match n {
+                    Some(n)
+                        if value.first().is_some_and(u8::is_ascii_digit)
+                            && self.length.is_none_or(|l| l == n) =>
+                    {
+                        self.length = Some(n);
+                    }
+                    _ => self.bad_length = true,
+                }
             }
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            has_encoding = true;
-            let last = header
-                .value
-                .rsplit(|&b| b == b',')
-                .next()
-                .unwrap_or_default();
-            chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
-        } else if name.eq_ignore_ascii_case("upgrade") {
-            unfollowed = true;
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                self.has_encoding = true;
+                let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
+                self.chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            }
+            7 if name.eq_ignore_ascii_case(b"upgrade") => self.upgrade = true,
+            _ => {}
         }
     }
-    if has_length && has_encoding {
-        Framing::Ambiguous
-    } else if unfollowed || (has_encoding && !chunked) {
-        Framing::Unfollowed
-    } else if has_encoding {
-        Framing::Chunked
-    } else {
-        length.map_or(Framing::None, Framing::Length)
+
+    fn framing(&self) -> Framing {
+        if self.has_length && self.has_encoding {
+            Framing::Ambiguous
+        } else if self.connect || self.upgrade {
+            Framing::Upgrade
+        } else if self.bad_length || (self.has_encoding && !self.chunked) {
+            Framing::Unfollowed
+        } else if self.has_encoding {
+            Framing::Chunked
+        } else {
+            self.length.map_or(Framing::None, Framing::Length)
+        }
     }
 }
 
@@ -439,10 +448,89 @@ mod tests {
     fn upgrades_and_http2_are_left_to_hyper() {
         let ws = b"GET /ws HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\nbinary\r\n\r\nframes";
         assert_eq!(feed(ws, &[]).1, State::Off);
+        let mut inspector = Inspector::new(1024);
+        inspector.inspect(&mut ws.to_vec());
+        assert!(inspector.upgrade_requested());
+        assert_eq!(inspector.heads(), 1);
         let h2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00";
         let (out, state) = feed(h2, &[]);
         assert_eq!(&out[..], &h2[..]);
         assert_eq!(state, State::Off);
+    }
+
+    #[test]
+    fn heads_are_counted_and_an_unfinished_one_is_seen() {
+        let mut inspector = Inspector::new(1024);
+        inspector.inspect(&mut b"GET / HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\nHo".to_vec());
+        assert_eq!(inspector.heads(), 1);
+        assert!(inspector.in_head());
+        inspector.inspect(&mut b"st: a\r\n\r\n".to_vec());
+        assert_eq!(inspector.heads(), 2);
+        assert!(!inspector.in_head());
+        assert!(!inspector.upgrade_requested());
+    }
+
+    #[test]
+    fn the_scanner_reads_framing_as_hyper_would() {
+        let framing = |head: &str| match parse(head.as_bytes()) {
+            Parsed::Complete(len, framing) => {
+                assert_eq!(len, head.len());
+                Some(framing)
+            }
+            Parsed::Partial => panic!("partial: {head:?}"),
+            Parsed::Invalid => None,
+        };
+        assert_eq!(
+            framing("GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Some(Framing::None)
+        );
+        assert_eq!(
+            framing("POST / HTTP/1.0\nContent-Length: 12\n\n"),
+            Some(Framing::Length(12))
+        );
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\ncontent-length: 3\r\nContent-Length: 3\r\n\r\n"),
+            Some(Framing::Length(3))
+        );
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"),
+            Some(Framing::Unfollowed)
+        );
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n"),
+            Some(Framing::Unfollowed)
+        );
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\nContent-Length:\r\n\r\n"),
+            Some(Framing::Unfollowed)
+        );
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"),
+            Some(Framing::Unfollowed)
+        );
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\nTRANSFER-ENCODING:  Chunked \r\n\r\n"),
+            Some(Framing::Chunked)
+        );
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\nContent-Length: 0\r\nTransfer-Encoding: x\r\n\r\n"),
+            Some(Framing::Ambiguous)
+        );
+        assert_eq!(
+            framing("CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n"),
+            Some(Framing::Upgrade)
+        );
+        assert_eq!(
+            framing("GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n"),
+            Some(Framing::Upgrade)
+        );
+        assert_eq!(framing("PRI * HTTP/2.0\r\n\r\n"), None);
+        assert_eq!(framing("garbage\r\n\r\n"), None);
+        assert!(matches!(
+            parse(b"GET / HTTP/1.1\r\nHost: a\r\n"),
+            Parsed::Partial
+        ));
+        assert!(matches!(parse(b"GET / HTT"), Parsed::Partial));
     }
 
     #[test]

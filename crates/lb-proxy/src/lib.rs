@@ -34,6 +34,7 @@
 //! ```
 
 mod body;
+mod client_io;
 mod error;
 mod framing;
 mod proxy;

@@ -220,21 +220,29 @@ impl Proxy {
         client_ip: &HeaderValue,
     ) -> Response<ProxyBody> {
         let n = self.shared.counter.fetch_add(1, Ordering::Relaxed) + 1;
-        match self.try_forward(request, n, client_ip).await {
-            Ok(response) => response,
-            Err(error) => {
-                tracing::debug!(%error, request = n, "request not forwarded");
-                error_response(&error)
-            }
-        }
+        // The rewriting is synchronous, so that no future below holds the client's request
+        // as well as the rewritten one: the request future is copied into a box per request.
+        let forwarded = match self.prepare(request, n, client_ip) {
+            Ok(prepared) => match self.dispatch(prepared.request, prepared.body_sent).await {
+                Ok(exchanged) => self.finish(exchanged, prepared.client_upgrade),
+                Err(error) => Err(error),
+            },
+            Err(error) => Err(error),
+        };
+        forwarded.unwrap_or_else(|error| {
+            tracing::debug!(%error, request = n, "request not forwarded");
+            error_response(&error)
+        })
     }
 
-    async fn try_forward(
+    /// Checks the request and rewrites it for the backend: hop-by-hop headers out,
+    /// `X-Forwarded-*` in, the counter parameter appended, HTTP/1.1.
+    fn prepare(
         &self,
         request: Request<Incoming>,
         n: u64,
         client_ip: &HeaderValue,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    ) -> Result<Prepared, ProxyError> {
         if request.method() == Method::CONNECT {
             return Err(ProxyError::MethodNotAllowed);
         }
@@ -257,12 +265,21 @@ impl Proxy {
         let counter = self.shared.counter_param.as_deref().map(|p| (p, n));
         rewrite::rewrite_target(&mut parts.uri, counter)?;
         parts.version = Version::HTTP_11;
+        let (body, body_sent) = RequestBody::new(body);
+        Ok(Prepared {
+            request: Request::from_parts(parts, body),
+            body_sent,
+            client_upgrade,
+        })
+    }
 
-        let (body, sent) = RequestBody::new(body);
-        let (mut response, conn, in_flight) = self
-            .dispatch(Request::from_parts(parts, body), sent)
-            .await?;
-
+    /// Turns the backend's response into the client's: hop-by-hop headers out, the body
+    /// streamed through, or for `101 Switching Protocols` a tunnel between the two connections.
+    fn finish(
+        &self,
+        (mut response, conn, in_flight): (Response<Incoming>, Conn, InFlight),
+        client_upgrade: Option<OnUpgrade>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_upgrade) = client_upgrade else {
                 return Err(ProxyError::UnexpectedUpgrade {
@@ -331,7 +348,7 @@ impl Proxy {
                     continue 'backends;
                 }
                 // A pooled connection the backend had closed: same backend, new connection.
-                conn = match shared.upstream.connect(&backend).await {
+                conn = match Box::pin(shared.upstream.connect(&backend)).await {
                     Ok(conn) => conn,
                     Err(error) => {
                         last_error = Some(error);
@@ -375,6 +392,13 @@ impl fmt::Debug for Proxy {
             .field("retries", &self.shared.retries)
             .finish()
     }
+}
+
+/// A request rewritten for the backend, with what the exchange needs to know about it.
+struct Prepared {
+    request: Request<RequestBody>,
+    body_sent: Option<oneshot::Receiver<()>>,
+    client_upgrade: Option<OnUpgrade>,
 }
 
 /// The proxy as a hyper service for one client connection (it knows the client's address).

@@ -12,17 +12,19 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::Proxy;
-use crate::framing::FramingGuard;
+use crate::client_io::{ClientIo, ClientTimeouts};
 
 /// Serves a [`Proxy`] on a listener: HTTP/1.1 and HTTP/2 with prior knowledge (h2c) on the
 /// same port, WebSocket and other upgrades passed through.
 ///
-/// Defaults: request headers up to 32 KiB in total (larger gets 431), a grace period of 30 s
-/// for in-flight requests at shutdown.
+/// Defaults: request headers up to 32 KiB in total (larger gets 431), 10 s to send a request
+/// head once it has begun (slower gets 408 and the connection closed), idle keep-alive
+/// connections closed after 60 s, a grace period of 30 s for in-flight requests at shutdown.
 #[derive(Debug, Clone)]
 pub struct Server {
     proxy: Proxy,
     max_header_bytes: usize,
+    timeouts: ClientTimeouts,
     grace_period: Duration,
 }
 
@@ -32,8 +34,33 @@ impl Server {
         Server {
             proxy,
             max_header_bytes: 32 * 1024,
+            timeouts: ClientTimeouts {
+                idle: Duration::from_secs(60),
+                header: Duration::from_secs(10),
+            },
             grace_period: Duration::from_secs(30),
         }
+    }
+
+    /// Longest time from the first byte of a request head to its end (default 10 s): a client
+    /// sending its headers slower than that (slowloris) gets 408 and the connection is closed.
+    pub fn client_header_timeout(mut self, timeout: Duration) -> Self {
+        self.timeouts.header = timeout;
+        self
+    }
+
+    /// Longest time a client connection may wait with no request under way and nothing sent
+    /// or received (default 60 s); then it is closed. Not applied to upgraded (WebSocket)
+    /// connections, which may rightly be quiet for long.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.timeouts.idle = timeout;
+        self
+    }
+
+    /// The same server settings for another proxy, e.g. a [`Proxy::worker`].
+    pub fn proxy(mut self, proxy: Proxy) -> Self {
+        self.proxy = proxy;
+        self
     }
 
     /// Largest request head (request line and headers) accepted; larger gets 431. At least 8 KiB.
@@ -58,6 +85,8 @@ impl Server {
             .http1()
             .timer(TokioTimer::new())
             .max_buf_size(self.max_header_bytes)
+            // ClientIo enforces the client timeouts without a timer per request.
+            .header_read_timeout(None)
             .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX));
@@ -80,7 +109,7 @@ impl Server {
             let service = self.proxy.service(client);
             let conn = builder
                 .serve_connection_with_upgrades(
-                    TokioIo::new(FramingGuard::new(stream, self.max_header_bytes)),
+                    TokioIo::new(ClientIo::new(stream, self.max_header_bytes, self.timeouts)),
                     service,
                 )
                 .into_owned();

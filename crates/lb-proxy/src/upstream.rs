@@ -110,15 +110,22 @@ impl Upstream {
 
     /// An idle connection to `backend` if one is ready, else a new one.
     pub(crate) async fn checkout(&self, backend: &Backend) -> Result<Conn, ProxyError> {
-        match self.take_idle(backend.key()) {
-            Some(sender) => Ok(Conn {
-                sender,
-                key: backend.key(),
-                reused: true,
-                pool: Arc::clone(&self.shared),
-            }),
-            None => self.connect(backend).await,
+        match self.idle(backend) {
+            Some(conn) => Ok(conn),
+            // Boxed: connecting is the rare path, and its future would otherwise make every
+            // request's future (copied into a box per request) several hundred bytes larger.
+            None => Box::pin(self.connect(backend)).await,
         }
+    }
+
+    /// The newest ready idle connection to `backend`, if any.
+    pub(crate) fn idle(&self, backend: &Backend) -> Option<Conn> {
+        self.take_idle(backend.key()).map(|sender| Conn {
+            sender,
+            key: backend.key(),
+            reused: true,
+            pool: Arc::clone(&self.shared),
+        })
     }
 
     /// A new connection to `backend`, bypassing the idle ones.
