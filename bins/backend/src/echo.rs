@@ -21,6 +21,9 @@ struct Echo<'a> {
     /// Lowercase names; every value, in the order it arrived; non-UTF-8 bytes replaced.
     headers: BTreeMap<&'a str, Vec<String>>,
     body_bytes: u64,
+    /// The HTTP version the request arrived in (`HTTP/1.1`, `HTTP/2.0`): shows which protocol a
+    /// proxy in front spoke.
+    version: String,
 }
 
 /// Reads the body to its end frame by frame (so memory stays flat for any upload) and answers
@@ -50,6 +53,7 @@ pub(crate) async fn respond(
         query: parts.uri.query().unwrap_or(""),
         headers,
         body_bytes,
+        version: format!("{:?}", parts.version),
     };
     let mut json = serde_json::to_vec(&echo).unwrap_or_else(|e| {
         // Unreachable with string keys and values; answer something well-formed regardless.

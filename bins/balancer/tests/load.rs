@@ -2,7 +2,9 @@
 //! `wrk -t1 -c5 ... /ping` must finish with zero failed requests, zero non-2xx answers and zero
 //! socket errors. Throughput is not asserted here (that is what `benches/` is for).
 //!
-//! Needs `ab` (apache2-utils) and `wrk`. Without them the test says so and passes, unless
+//! Also `h2load` (nghttp2-client) over HTTP/2 with prior knowledge, h2c all the way through.
+//!
+//! Needs `ab` (apache2-utils), `wrk` and `h2load`. Without them the test says so and passes, unless
 //! `LB_REQUIRE_LOAD_TOOLS=1` (as in CI), where a missing tool fails it. `LB_WRK_SECONDS` sets the
 //! wrk run's length (default 10; the original used 60).
 #![allow(clippy::unwrap_used)]
@@ -23,7 +25,9 @@ fn tool(name: &str) -> bool {
             std::env::var("LB_REQUIRE_LOAD_TOOLS").is_err(),
             "{name} is not installed and LB_REQUIRE_LOAD_TOOLS is set"
         );
-        eprintln!("SKIPPED: {name} is not installed (apt-get install -y apache2-utils wrk)");
+        eprintln!(
+            "SKIPPED: {name} is not installed (apt-get install -y apache2-utils wrk nghttp2-client)"
+        );
     }
     found
 }
@@ -103,5 +107,42 @@ async fn wrk_five_connections_see_no_errors() {
     assert!(requests > 1000, "{text}");
     assert!(!text.contains("Non-2xx or 3xx responses"), "{text}");
     assert!(!text.contains("Socket errors"), "{text}");
+    eprintln!("{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2load_multiplexed_streams_all_succeed() {
+    if !tool("h2load") {
+        return;
+    }
+    let backends = backends(3).await;
+    let mut args = Vec::new();
+    for b in &backends {
+        args.push("--backend".to_owned());
+        args.push(format!("h2c://{}", b.local_addr()));
+    }
+    let lb = Balancer::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let url = format!("http://{}/ping", lb.addr);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("h2load")
+            .args(["-n", "20000", "-c", "10", "-m", "10", &url])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("requests:"))
+        .unwrap_or_else(|| panic!("no summary: {text}"));
+    assert!(
+        line.contains("20000 succeeded, 0 failed, 0 errored"),
+        "{line}"
+    );
+    assert!(text.contains("status codes: 20000 2xx"), "{text}");
+    let served: u64 = backends.iter().map(|b| b.requests()).sum();
+    assert!(served >= 20_000, "backends served {served}");
     eprintln!("{text}");
 }

@@ -46,6 +46,26 @@ impl fmt::Display for Health {
     }
 }
 
+/// The HTTP version spoken to a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Protocol {
+    /// HTTP/1.1 over TCP, one request at a time per connection (`http://`).
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext TCP with prior knowledge, many requests multiplexed on one
+    /// connection (`h2c://`, or `,protocol=h2c`).
+    H2c,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Http1 => "http1",
+            Protocol::H2c => "h2c",
+        })
+    }
+}
+
 /// Where to connect: an IP address is used as is, a host name is resolved at connect time.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Address {
@@ -55,7 +75,8 @@ pub enum Address {
     Name(String, u16),
 }
 
-/// A backend as written by a user: `http://host:port[,weight=N]`.
+/// A backend as written by a user: `http://host:port[,weight=N][,protocol=h2c]`, or
+/// `h2c://host:port` for an HTTP/2 (cleartext, prior knowledge) backend.
 ///
 /// Parsing checks everything that can be checked without the network, and every error names the
 /// text at fault.
@@ -74,21 +95,27 @@ pub struct BackendSpec {
     id: String,
     address: Address,
     weight: u32,
+    protocol: Protocol,
 }
 
 impl BackendSpec {
-    /// Parses a bare backend URL (`http://host[:port]`, port 80 when omitted), weight 1.
+    /// Parses a bare backend URL (`http://host[:port]` or `h2c://host[:port]`, port 80 when
+    /// omitted), weight 1.
     pub fn from_url(text: &str) -> Result<Self, Error> {
         let url = Url::parse(text).map_err(|e| Error::InvalidUrl {
             url: text.to_owned(),
             reason: e.to_string(),
         })?;
-        if url.scheme() != "http" {
-            return Err(Error::UnsupportedScheme {
-                scheme: url.scheme().to_owned(),
-                url: text.to_owned(),
-            });
-        }
+        let protocol = match url.scheme() {
+            "http" => Protocol::Http1,
+            "h2c" => Protocol::H2c,
+            other => {
+                return Err(Error::UnsupportedScheme {
+                    scheme: other.to_owned(),
+                    url: text.to_owned(),
+                });
+            }
+        };
         let unexpected = |part| Error::UnexpectedPart {
             url: text.to_owned(),
             part,
@@ -96,7 +123,8 @@ impl BackendSpec {
         if !url.username().is_empty() || url.password().is_some() {
             return Err(unexpected("credentials"));
         }
-        if url.path() != "/" {
+        // `h2c` is not a scheme the URL standard knows, so its empty path stays empty.
+        if !matches!(url.path(), "/" | "") {
             return Err(unexpected("a path"));
         }
         if url.query().is_some() {
@@ -105,7 +133,7 @@ impl BackendSpec {
         if url.fragment().is_some() {
             return Err(unexpected("a fragment"));
         }
-        let port = url.port_or_known_default().unwrap_or(80);
+        let port = url.port().unwrap_or(80);
         let (address, id) = match url.host() {
             Some(Host::Ipv4(ip)) => (
                 Address::Ip(SocketAddr::new(IpAddr::V4(ip), port)),
@@ -115,10 +143,15 @@ impl BackendSpec {
                 Address::Ip(SocketAddr::new(IpAddr::V6(ip), port)),
                 format!("[{ip}]:{port}"),
             ),
-            Some(Host::Domain(name)) if !name.is_empty() => (
-                Address::Name(name.to_owned(), port),
-                format!("{name}:{port}"),
-            ),
+            // In a URL of a scheme the URL standard does not know (h2c), an IPv4 address stays
+            // an opaque name: recognise it here.
+            Some(Host::Domain(name)) if !name.is_empty() => {
+                let address = match name.parse::<IpAddr>() {
+                    Ok(ip) => Address::Ip(SocketAddr::new(ip, port)),
+                    Err(_) => Address::Name(name.to_owned(), port),
+                };
+                (address, format!("{name}:{port}"))
+            }
             _ => {
                 return Err(Error::InvalidUrl {
                     url: text.to_owned(),
@@ -131,7 +164,14 @@ impl BackendSpec {
             id,
             address,
             weight: 1,
+            protocol,
         })
+    }
+
+    /// Sets the protocol spoken to the backend.
+    pub fn with_protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
+        self
     }
 
     /// Sets the weight; 0 is refused because a backend that never gets traffic should be removed.
@@ -167,6 +207,11 @@ impl BackendSpec {
     pub fn weight(&self) -> u32 {
         self.weight
     }
+
+    /// The protocol spoken to the backend (default HTTP/1.1).
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
 }
 
 impl FromStr for BackendSpec {
@@ -195,6 +240,21 @@ impl FromStr for BackendSpec {
                         reason: "must be a whole number from 1",
                     })?;
                 }
+                "protocol" => {
+                    let protocol = match value.trim() {
+                        "http1" | "http/1.1" => Protocol::Http1,
+                        "h2c" | "http2" => Protocol::H2c,
+                        _ => {
+                            return Err(Error::InvalidOption {
+                                key: "protocol",
+                                value: value.to_owned(),
+                                spec: text.to_owned(),
+                                reason: "must be http1 or h2c",
+                            });
+                        }
+                    };
+                    spec = spec.with_protocol(protocol);
+                }
                 other => {
                     return Err(Error::UnknownOption {
                         key: other.to_owned(),
@@ -209,7 +269,11 @@ impl FromStr for BackendSpec {
 
 impl fmt::Display for BackendSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}", self.id)?;
+        let scheme = match self.protocol {
+            Protocol::Http1 => "http",
+            Protocol::H2c => "h2c",
+        };
+        write!(f, "{scheme}://{}", self.id)?;
         if self.weight != 1 {
             write!(f, ",weight={}", self.weight)?;
         }
@@ -264,6 +328,11 @@ impl Backend {
     /// The relative share of traffic for weighted strategies.
     pub fn weight(&self) -> u32 {
         self.spec.weight()
+    }
+
+    /// The protocol spoken to this backend.
+    pub fn protocol(&self) -> Protocol {
+        self.spec.protocol()
     }
 
     /// The current health state (what the last writer stored).
@@ -345,6 +414,20 @@ mod tests {
         let spec: BackendSpec = "http://10.0.0.1:81, weight=7".parse().unwrap();
         assert_eq!(spec.weight(), 7);
         assert_eq!(spec.to_string(), "http://10.0.0.1:81,weight=7");
+        assert_eq!(spec.protocol(), Protocol::Http1);
+
+        let spec: BackendSpec = "h2c://127.0.0.1:9000".parse().unwrap();
+        assert_eq!(spec.protocol(), Protocol::H2c);
+        assert_eq!(spec.id(), "127.0.0.1:9000");
+        assert_eq!(spec.to_string(), "h2c://127.0.0.1:9000");
+        assert_eq!(
+            spec.address(),
+            &Address::Ip("127.0.0.1:9000".parse().unwrap())
+        );
+        assert!("h2c://127.0.0.1:9000/api".parse::<BackendSpec>().is_err());
+        let spec: BackendSpec = "http://127.0.0.1:9000,protocol=h2c".parse().unwrap();
+        assert_eq!(spec.protocol(), Protocol::H2c);
+        assert_eq!("h2c://a".parse::<BackendSpec>().unwrap().id(), "a:80");
     }
 
     #[test]
@@ -359,6 +442,7 @@ mod tests {
         assert!(err("http://127.0.0.1:80,weight=0").contains("\"0\""));
         assert!(err("http://127.0.0.1:80,weight=x").contains("\"x\""));
         assert!(err("http://127.0.0.1:80,colour=red").contains("\"colour\""));
+        assert!(err("http://127.0.0.1:80,protocol=spdy").contains("\"spdy\""));
     }
 
     #[test]

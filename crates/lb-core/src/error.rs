@@ -15,7 +15,7 @@ pub enum Error {
         reason: String,
     },
     /// The URL's scheme is not one the proxy speaks.
-    #[error("unsupported scheme {scheme:?} in backend {url:?} (expected http)")]
+    #[error("unsupported scheme {scheme:?} in backend {url:?} (expected http or h2c)")]
     UnsupportedScheme {
         /// The scheme found.
         scheme: String,
@@ -31,7 +31,7 @@ pub enum Error {
         part: &'static str,
     },
     /// A `,key=value` option after the URL is not known.
-    #[error("unknown option {key:?} in backend {spec:?} (known: weight)")]
+    #[error("unknown option {key:?} in backend {spec:?} (known: weight, protocol)")]
     UnknownOption {
         /// The option name.
         key: String,

@@ -29,7 +29,7 @@ mod error;
 mod pool;
 pub mod strategy;
 
-pub use backend::{Address, Backend, BackendSpec, Health, InFlight};
+pub use backend::{Address, Backend, BackendSpec, Health, InFlight, Protocol};
 pub use error::Error;
 pub use pool::{Pool, Snapshot};
 pub use strategy::{Context, RoundRobin, Strategy};

@@ -1,4 +1,7 @@
-//! Connections to backends: opened on demand, kept alive, reused newest first.
+//! Connections to backends: opened on demand, kept alive, reused.
+//!
+//! HTTP/1.1 backends get a list of idle connections each, reused newest first; h2c backends one
+//! shared connection each, on which requests are multiplexed.
 //!
 //! A small pool of our own rather than hyper-util's legacy `Client`, for two reasons. Taking a
 //! connection is separate from sending on it, so a connect failure leaves the request untouched
@@ -12,11 +15,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once, PoisonError, Weak};
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::header::{self, HeaderValue};
+use http::uri::{Authority, Scheme, Uri};
+use http::{Request, Response, Version};
 use hyper::body::Incoming;
-use hyper::client::conn::{TrySendError, http1};
-use hyper_util::rt::TokioIo;
-use lb_core::{Address, Backend};
+use hyper::client::conn::{TrySendError, http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use lb_core::{Address, Backend, Protocol};
+use rustc_hash::FxBuildHasher;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 
@@ -38,23 +44,46 @@ pub(crate) struct Upstream {
 }
 
 struct Shared {
-    idle: Mutex<HashMap<u64, VecDeque<Idle>>>,
+    slots: Mutex<HashMap<u64, Slot, FxBuildHasher>>,
     config: UpstreamConfig,
     /// Shared with the pools made by [`Upstream::fresh`], so it counts for all of them.
     opened: Arc<AtomicU64>,
     reaper: Once,
 }
 
+/// What is kept for one backend.
+#[derive(Default)]
+struct Slot {
+    /// HTTP/1.1: idle connections, oldest first.
+    idle: VecDeque<Idle>,
+    /// h2c: the shared connection.
+    h2: Option<http2::SendRequest<RequestBody>>,
+    /// h2c: held while connecting, so that requests arriving together share one connection.
+    h2_connecting: Arc<tokio::sync::Mutex<()>>,
+}
+
+struct Idle {
+    sender: http1::SendRequest<RequestBody>,
+    since: Instant,
+}
+
 impl Shared {
-    /// Closes idle connections past the idle timeout and forgets backends with none left.
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Slot, FxBuildHasher>> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Closes idle connections past the idle timeout, drops closed h2 connections, and forgets
+    /// backends with nothing left.
     fn reap(&self) {
         let now = Instant::now();
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        idle.retain(|_, list| {
-            list.retain(|e| {
+        self.slots().retain(|_, slot| {
+            slot.idle.retain(|e| {
                 now.duration_since(e.since) < self.config.idle_timeout && !e.sender.is_closed()
             });
-            !list.is_empty()
+            if slot.h2.as_ref().is_some_and(http2::SendRequest::is_closed) {
+                slot.h2 = None;
+            }
+            !slot.idle.is_empty() || slot.h2.is_some()
         });
     }
 }
@@ -73,18 +102,17 @@ async fn reap_while_alive(shared: Weak<Shared>, every: Duration) {
     }
 }
 
-struct Idle {
-    sender: http1::SendRequest<RequestBody>,
-    since: Instant,
-}
-
 impl Upstream {
     pub(crate) fn new(config: UpstreamConfig) -> Self {
+        Upstream::with_counter(config, Arc::new(AtomicU64::new(0)))
+    }
+
+    fn with_counter(config: UpstreamConfig, opened: Arc<AtomicU64>) -> Self {
         Upstream {
             shared: Arc::new(Shared {
-                idle: Mutex::new(HashMap::new()),
+                slots: Mutex::new(HashMap::default()),
                 config,
-                opened: Arc::new(AtomicU64::new(0)),
+                opened,
                 reaper: Once::new(),
             }),
         }
@@ -93,14 +121,7 @@ impl Upstream {
     /// An empty pool with the same settings, counting into the same total of opened
     /// connections.
     pub(crate) fn fresh(&self) -> Self {
-        Upstream {
-            shared: Arc::new(Shared {
-                idle: Mutex::new(HashMap::new()),
-                config: self.shared.config.clone(),
-                opened: Arc::clone(&self.shared.opened),
-                reaper: Once::new(),
-            }),
-        }
+        Upstream::with_counter(self.shared.config.clone(), Arc::clone(&self.shared.opened))
     }
 
     /// Connections opened since start; with the request count it shows how well they are reused.
@@ -108,19 +129,51 @@ impl Upstream {
         self.shared.opened.load(Ordering::Relaxed)
     }
 
-    /// An idle connection to `backend` if one is ready, else a new one.
+    /// A kept connection to `backend` if one is ready, else a new one.
     pub(crate) async fn checkout(&self, backend: &Backend) -> Result<Conn, ProxyError> {
-        match self.idle(backend) {
+        match self.kept(backend) {
             Some(conn) => Ok(conn),
             // Boxed: connecting is the rare path, and its future would otherwise make every
             // request's future (copied into a box per request) several hundred bytes larger.
-            None => Box::pin(self.connect(backend)).await,
+            None => Box::pin(self.connect_or_join(backend)).await,
         }
     }
 
-    /// The newest ready idle connection to `backend`, if any.
-    pub(crate) fn idle(&self, backend: &Backend) -> Option<Conn> {
-        self.take_idle(backend.key()).map(|sender| Conn {
+    /// Connects, except to an h2c backend another request is already connecting to: then waits
+    /// for that connection and shares it.
+    async fn connect_or_join(&self, backend: &Backend) -> Result<Conn, ProxyError> {
+        if backend.protocol() == Protocol::Http1 {
+            return self.connect(backend).await;
+        }
+        let gate = Arc::clone(
+            &self
+                .shared
+                .slots()
+                .entry(backend.key())
+                .or_default()
+                .h2_connecting,
+        );
+        let _turn = gate.lock().await;
+        match self.kept(backend) {
+            Some(conn) => Ok(conn),
+            None => self.connect(backend).await,
+        }
+    }
+
+    /// The newest ready idle HTTP/1.1 connection, or the shared h2c connection, to `backend`.
+    fn kept(&self, backend: &Backend) -> Option<Conn> {
+        let mut slots = self.shared.slots();
+        let slot = slots.get_mut(&backend.key())?;
+        let sender = match backend.protocol() {
+            Protocol::Http1 => {
+                Sender::H1(take_ready(&mut slot.idle, self.shared.config.idle_timeout)?)
+            }
+            Protocol::H2c => match &slot.h2 {
+                Some(h2) if !h2.is_closed() => Sender::H2(h2.clone()),
+                _ => return None,
+            },
+        };
+        Some(Conn {
             sender,
             key: backend.key(),
             reused: true,
@@ -128,7 +181,8 @@ impl Upstream {
         })
     }
 
-    /// A new connection to `backend`, bypassing the idle ones.
+    /// A new connection to `backend`, bypassing the kept ones. An h2c connection becomes the
+    /// backend's shared one.
     pub(crate) async fn connect(&self, backend: &Backend) -> Result<Conn, ProxyError> {
         let connect_timeout = self.shared.config.connect_timeout;
         let connecting = async {
@@ -153,19 +207,39 @@ impl Upstream {
             }
         };
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| ProxyError::Upstream {
-                backend: backend.id().to_owned(),
-                source,
-            })?;
         let id = backend.id().to_owned();
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(backend = %id, error = %e, "upstream connection ended with an error");
+        let failed = |source| ProxyError::Upstream {
+            backend: backend.id().to_owned(),
+            source,
+        };
+        let sender = match backend.protocol() {
+            Protocol::Http1 => {
+                let (sender, conn) = http1::Builder::new()
+                    .handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(failed)?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.with_upgrades().await {
+                        tracing::debug!(backend = %id, error = %e, "upstream connection ended with an error");
+                    }
+                });
+                Sender::H1(sender)
             }
-        });
+            Protocol::H2c => {
+                let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(failed)?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(backend = %id, error = %e, "upstream h2 connection ended with an error");
+                    }
+                });
+                self.shared.slots().entry(backend.key()).or_default().h2 = Some(sender.clone());
+                Sender::H2(sender)
+            }
+        };
         self.shared.opened.fetch_add(1, Ordering::Relaxed);
         self.shared.reaper.call_once(|| {
             let every = (self.shared.config.idle_timeout / 2)
@@ -179,30 +253,26 @@ impl Upstream {
             pool: Arc::clone(&self.shared),
         })
     }
+}
 
-    /// Newest ready connection first; closed or expired ones met on the way are dropped, busy
-    /// ones (a response still finishing on them) are left in place.
-    fn take_idle(&self, key: u64) -> Option<http1::SendRequest<RequestBody>> {
-        let mut idle = self
-            .shared
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let list = idle.get_mut(&key)?;
-        let now = Instant::now();
-        let mut i = list.len();
-        while i > 0 {
-            i -= 1;
-            let entry = &list[i];
-            let expired = now.duration_since(entry.since) >= self.shared.config.idle_timeout;
-            if expired || entry.sender.is_closed() {
-                list.remove(i);
-            } else if entry.sender.is_ready() {
-                return list.remove(i).map(|e| e.sender);
-            }
+/// Newest ready connection first; closed or expired ones met on the way are dropped, busy ones
+/// (a response still finishing on them) are left in place.
+fn take_ready(
+    idle: &mut VecDeque<Idle>,
+    idle_timeout: Duration,
+) -> Option<http1::SendRequest<RequestBody>> {
+    let now = Instant::now();
+    let mut i = idle.len();
+    while i > 0 {
+        i -= 1;
+        let entry = &idle[i];
+        if now.duration_since(entry.since) >= idle_timeout || entry.sender.is_closed() {
+            idle.remove(i);
+        } else if entry.sender.is_ready() {
+            return idle.remove(i).map(|e| e.sender);
         }
-        None
     }
+    None
 }
 
 impl fmt::Debug for Upstream {
@@ -214,9 +284,14 @@ impl fmt::Debug for Upstream {
     }
 }
 
+enum Sender {
+    H1(http1::SendRequest<RequestBody>),
+    H2(http2::SendRequest<RequestBody>),
+}
+
 /// A connection taken from the pool (or just opened) for one request.
 pub(crate) struct Conn {
-    sender: http1::SendRequest<RequestBody>,
+    sender: Sender,
     key: u64,
     reused: bool,
     pool: Arc<Shared>,
@@ -229,46 +304,105 @@ impl Conn {
         self.reused
     }
 
-    /// Sends a request. If the connection turns out to be closed before the request was written,
-    /// the error hands the request back, so it can be sent elsewhere.
-    pub(crate) fn send(
+    /// Sends a request, in the form the connection's protocol wants. If the connection turns out
+    /// to be closed before the request was written, the error hands the request back, so it can
+    /// be sent elsewhere.
+    pub(crate) async fn send(
         &mut self,
-        request: Request<RequestBody>,
-    ) -> impl Future<Output = Result<Response<Incoming>, TrySendError<Request<RequestBody>>>> + use<>
-    {
-        self.sender.try_send_request(request)
+        mut request: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<RequestBody>>> {
+        match &mut self.sender {
+            Sender::H1(sender) => {
+                to_http1(&mut request);
+                sender.try_send_request(request).await
+            }
+            Sender::H2(sender) => {
+                to_http2(&mut request);
+                sender.try_send_request(request).await
+            }
+        }
     }
 
-    /// Returns the connection to the pool, once its response has been read to the end.
+    /// Returns an HTTP/1.1 connection to the pool, once its response has been read to the end.
+    /// (An h2c connection stays shared in the pool all along.)
     pub(crate) fn release(self) {
-        if self.sender.is_closed() {
+        let Sender::H1(sender) = self.sender else {
+            return;
+        };
+        if sender.is_closed() {
             return;
         }
         let shared = &self.pool;
         let now = Instant::now();
-        let mut idle = shared.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let list = idle.entry(self.key).or_default();
-        while list
+        let mut slots = shared.slots();
+        let idle = &mut slots.entry(self.key).or_default().idle;
+        while idle
             .front()
             .is_some_and(|e| now.duration_since(e.since) >= shared.config.idle_timeout)
         {
-            list.pop_front();
+            idle.pop_front();
         }
-        if list.len() >= shared.config.max_idle_per_backend {
-            list.pop_front();
+        if idle.len() >= shared.config.max_idle_per_backend {
+            idle.pop_front();
         }
         if shared.config.max_idle_per_backend > 0 {
-            list.push_back(Idle {
-                sender: self.sender,
-                since: now,
-            });
+            idle.push_back(Idle { sender, since: now });
         }
+    }
+}
+
+/// HTTP/1.1 wants an origin-form target and the host in `Host`. The proxy prepares requests so;
+/// only one sent back unsent by an h2c connection needs turning back.
+fn to_http1(request: &mut Request<RequestBody>) {
+    if request.version() == Version::HTTP_11 && request.uri().authority().is_none() {
+        return;
+    }
+    *request.version_mut() = Version::HTTP_11;
+    if let Some(authority) = request.uri().authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        request.headers_mut().insert(header::HOST, host);
+    }
+    if let Some(target) = request.uri().path_and_query().cloned() {
+        *request.uri_mut() = Uri::from(target);
+    }
+}
+
+/// HTTP/2 carries the host in the `:authority` pseudo-header, built from the target's
+/// scheme and authority, and has no `Host` (RFC 9113 §8.3.1). A request with no host at all
+/// (HTTP/1.0 without `Host`) is left without one, and the h2 connection refuses it (502).
+fn to_http2(request: &mut Request<RequestBody>) {
+    *request.version_mut() = Version::HTTP_2;
+    if request.uri().authority().is_some() {
+        return;
+    }
+    let Some(authority) = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|host| Authority::try_from(host.as_bytes()).ok())
+    else {
+        return;
+    };
+    let target = request.uri().path_and_query().map_or("/", |t| t.as_str());
+    if let Ok(uri) = Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(authority)
+        .path_and_query(target)
+        .build()
+    {
+        *request.uri_mut() = uri;
+        request.headers_mut().remove(header::HOST);
     }
 }
 
 impl fmt::Debug for Conn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let protocol = match self.sender {
+            Sender::H1(_) => "http1",
+            Sender::H2(_) => "h2c",
+        };
         f.debug_struct("Conn")
+            .field("protocol", &protocol)
             .field("key", &self.key)
             .field("reused", &self.reused)
             .finish()
