@@ -69,6 +69,8 @@ fn main() -> ExitCode {
         .counter_param(settings.request_counter_param.as_deref())
         .connect_timeout(settings.connect_timeout)
         .response_timeout(settings.response_timeout)
+        .max_in_flight_per_backend(settings.backend_max_in_flight)
+        .queue(settings.queue_size, settings.queue_timeout)
         .build()
     {
         Ok(proxy) => proxy,
@@ -119,6 +121,7 @@ fn main() -> ExitCode {
         let server = Server::new(proxy.clone())
             .client_header_timeout(settings.client_header_timeout)
             .idle_timeout(settings.idle_timeout)
+            .max_connections(settings.max_connections)
             .grace_period(settings.grace_period);
         let workers = Workers::start(listeners, &proxy, &server)?;
         println!("balancer listening on {addr}");

@@ -66,6 +66,19 @@ pub(crate) struct Args {
     /// Idle keep-alive client connections are closed after this long [default: 60s].
     #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
     idle_timeout: Option<Duration>,
+    /// Most client connections open at once; more wait in the listen backlog [default: no limit].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: Option<u32>,
+    /// Most requests in flight to any one backend; when every backend is full, requests wait in
+    /// a short queue, then get 503 [default: no limit].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    backend_max_in_flight: Option<u32>,
+    /// Most requests waiting for a backend with room (with --backend-max-in-flight) [default: 128].
+    #[arg(long, value_name = "N")]
+    queue_size: Option<u32>,
+    /// Longest wait in that queue before a 503 [default: 1s].
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
+    queue_timeout: Option<Duration>,
     /// Query parameter carrying the request counter; "" turns it off [default: reqCounter].
     #[arg(long, value_name = "NAME")]
     request_counter_param: Option<String>,
@@ -106,6 +119,11 @@ struct File {
     client_header_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
     idle_timeout: Option<Duration>,
+    max_connections: Option<u32>,
+    backend_max_in_flight: Option<u32>,
+    queue_size: Option<u32>,
+    #[serde(default, deserialize_with = "duration")]
+    queue_timeout: Option<Duration>,
     request_counter_param: Option<String>,
     admin: Option<SocketAddr>,
     workers: Option<u16>,
@@ -134,6 +152,10 @@ pub(crate) struct Settings {
     pub(crate) response_timeout: Duration,
     pub(crate) client_header_timeout: Duration,
     pub(crate) idle_timeout: Duration,
+    pub(crate) max_connections: Option<usize>,
+    pub(crate) backend_max_in_flight: Option<u64>,
+    pub(crate) queue_size: usize,
+    pub(crate) queue_timeout: Duration,
     pub(crate) request_counter_param: Option<String>,
     pub(crate) admin: Option<SocketAddr>,
     pub(crate) workers: usize,
@@ -213,6 +235,21 @@ impl Settings {
                 .idle_timeout
                 .or(file.idle_timeout)
                 .unwrap_or(Duration::from_secs(60)),
+            max_connections: args
+                .max_connections
+                .or(file.max_connections)
+                .filter(|&n| n > 0)
+                .map(|n| n as usize),
+            backend_max_in_flight: args
+                .backend_max_in_flight
+                .or(file.backend_max_in_flight)
+                .filter(|&n| n > 0)
+                .map(u64::from),
+            queue_size: args.queue_size.or(file.queue_size).unwrap_or(128) as usize,
+            queue_timeout: args
+                .queue_timeout
+                .or(file.queue_timeout)
+                .unwrap_or(Duration::from_secs(1)),
             request_counter_param: Some(
                 args.request_counter_param
                     .or(file.request_counter_param)

@@ -131,3 +131,151 @@ async fn a_quiet_websocket_outlives_the_idle_timeout() {
         Message::text("still here")
     );
 }
+
+/// Sends `n` requests for `path` at once, each on its own connection; returns (status, time) per request.
+async fn burst(lb: &Balancer, path: &str, n: usize) -> Vec<(u16, Duration, String)> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let url = lb.url(path);
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let reply = get(&url).await;
+                (reply.status.as_u16(), started.elapsed(), reply.text())
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_makes_the_rest_wait_not_fail() {
+    let backends = backends(1).await;
+    let lb = start(&backends, &["--max-connections", "2", "--workers", "1"]);
+    let started = Instant::now();
+    let results = burst(&lb, "/delay/400", 4).await;
+    assert!(results.iter().all(|(s, _, _)| *s == 200), "{results:?}");
+    // Two at a time: the last two waited for the first two to finish.
+    assert!(
+        started.elapsed() >= Duration::from_millis(750),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_backend_queues_a_few_and_turns_the_rest_away_fast() {
+    let backends = backends(1).await;
+    let lb = start(
+        &backends,
+        &[
+            "--backend-max-in-flight",
+            "2",
+            "--queue-size",
+            "2",
+            "--queue-timeout",
+            "3s",
+        ],
+    );
+    let results = burst(&lb, "/delay/500", 12).await;
+    let ok = results.iter().filter(|(s, _, _)| *s == 200).count();
+    let busy: Vec<_> = results.iter().filter(|(s, _, _)| *s == 503).collect();
+    // Two in flight, two queued until they finish: four served; eight turned away at once.
+    assert_eq!(ok, 4, "{results:?}");
+    assert_eq!(busy.len(), 8, "{results:?}");
+    for (_, took, body) in busy {
+        assert_eq!(body, "all backends busy\n");
+        assert!(*took < Duration::from_millis(400), "a 503 took {took:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_request_gives_up_after_the_queue_timeout() {
+    let backends = backends(1).await;
+    let lb = start(
+        &backends,
+        &[
+            "--backend-max-in-flight",
+            "1",
+            "--queue-size",
+            "1",
+            "--queue-timeout",
+            "300ms",
+        ],
+    );
+    let results = burst(&lb, "/delay/1500", 2).await;
+    let mut statuses: Vec<u16> = results.iter().map(|(s, _, _)| *s).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 503], "{results:?}");
+    let (_, waited, _) = results.iter().find(|(s, _, _)| *s == 503).unwrap();
+    assert!(
+        *waited >= Duration::from_millis(280) && *waited < Duration::from_millis(1400),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_times_the_load_it_can_serve_keeps_memory_bounded_and_admitted_requests_succeed() {
+    // Capacity: 2 backends x 5 in flight x 20 requests/s each (/delay/50) = 200 requests/s.
+    let backends = backends(2).await;
+    let lb = start(
+        &backends,
+        &[
+            "--backend-max-in-flight",
+            "5",
+            "--queue-size",
+            "20",
+            "--queue-timeout",
+            "200ms",
+            "--max-connections",
+            "300",
+        ],
+    );
+    let _ = get(&lb.url("/ping")).await;
+    let baseline = lb.peak_rss_kib();
+    // 200 clients in a closed loop for 3 s: each waits only for its own answer, so rejected ones
+    // come right back; the offered load is many times the capacity.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let clients: Vec<_> = (0..200)
+        .map(|_| {
+            let url = lb.url("/delay/50");
+            tokio::spawn(async move {
+                let client = client();
+                let (mut ok, mut busy) = (0u32, 0u32);
+                while Instant::now() < deadline {
+                    let reply = send(
+                        &client,
+                        hyper::Request::get(&url)
+                            .body(http_body_util::Full::default())
+                            .unwrap(),
+                    )
+                    .await;
+                    match reply.status.as_u16() {
+                        200 => ok += 1,
+                        503 => busy += 1,
+                        other => panic!("unexpected {other}: {}", reply.text()),
+                    }
+                }
+                (ok, busy)
+            })
+        })
+        .collect();
+    let (mut ok, mut busy) = (0, 0);
+    for c in clients {
+        let (o, b) = c.await.unwrap();
+        ok += o;
+        busy += b;
+    }
+    // Roughly capacity x 3 s served, the rest turned away.
+    assert!(ok > 150, "only {ok} served");
+    assert!(
+        busy > 10 * ok / 2,
+        "not overloaded enough to prove anything: {ok} ok, {busy} busy"
+    );
+    let grown_mib = lb.peak_rss_kib().saturating_sub(baseline) / 1024;
+    assert!(grown_mib < 48, "memory grew {grown_mib} MiB under overload");
+    eprintln!("served {ok}, turned away {busy}, memory grew {grown_mib} MiB");
+}

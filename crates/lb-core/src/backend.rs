@@ -356,6 +356,18 @@ impl Backend {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(Arc::clone(self))
     }
+
+    /// Like [`start_request`](Self::start_request), but only while fewer than `limit`
+    /// requests are in flight; `None` when the backend is full. Lock-free (a compare-and-swap
+    /// loop), and the count never exceeds `limit`, even for a moment.
+    pub fn try_start_request(self: &Arc<Self>, limit: u64) -> Option<InFlight> {
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| InFlight(Arc::clone(self)))
+    }
 }
 
 impl fmt::Debug for Backend {
@@ -455,6 +467,32 @@ mod tests {
         assert_eq!(backend.in_flight(), 1);
         drop(b);
         assert_eq!(backend.in_flight(), 0);
+    }
+
+    #[test]
+    fn try_start_request_holds_the_limit_under_contention() {
+        let backend = Arc::new(Backend::new("http://127.0.0.1:1".parse().unwrap()));
+        let max_seen = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..10_000 {
+                        if let Some(guard) = backend.try_start_request(3) {
+                            max_seen.fetch_max(backend.in_flight(), Ordering::Relaxed);
+                            drop(guard);
+                        }
+                    }
+                });
+            }
+        });
+        assert!(max_seen.load(Ordering::Relaxed) <= 3);
+        assert_eq!(backend.in_flight(), 0);
+        let held: Vec<_> = (0..3)
+            .map(|_| backend.try_start_request(3).unwrap())
+            .collect();
+        assert!(backend.try_start_request(3).is_none());
+        drop(held);
+        assert!(backend.try_start_request(3).is_some());
     }
 
     #[test]

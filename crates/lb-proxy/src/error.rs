@@ -13,6 +13,10 @@ pub enum ProxyError {
     /// Every backend is unhealthy (or the pool is empty).
     #[error("no healthy backend")]
     NoHealthyBackend,
+    /// Every eligible backend is at its limit of requests in flight, and the queue is full or
+    /// the wait in it ran out.
+    #[error("every backend is at its limit of requests in flight")]
+    Overloaded,
     /// The TCP connection to a backend failed (refused, unreachable...).
     #[error("connect to {backend} failed: {source}")]
     Connect {
@@ -65,11 +69,13 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    /// The status code the client gets: 503 with no healthy backend, 504 when the backend was too
+    /// The status code the client gets: 503 with no healthy backend or all of them full, 504 when the backend was too
     /// slow, 502 for other backend failures, 4xx for requests that cannot be forwarded.
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::NoHealthyBackend => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoHealthyBackend | ProxyError::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Connect { .. }
             | ProxyError::ConnectTimeout { .. }
@@ -94,6 +100,7 @@ impl ProxyError {
     pub(crate) fn public_message(&self) -> &'static str {
         match self {
             ProxyError::NoHealthyBackend => "no healthy backend\n",
+            ProxyError::Overloaded => "all backends busy\n",
             ProxyError::ResponseTimeout { .. } => "gateway timeout\n",
             ProxyError::Connect { .. }
             | ProxyError::ConnectTimeout { .. }

@@ -33,6 +33,7 @@
 //! # }
 //! ```
 
+mod admission;
 mod body;
 mod client_io;
 mod error;

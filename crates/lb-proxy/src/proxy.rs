@@ -16,12 +16,13 @@ use hyper::body::Incoming;
 use hyper::client::conn::TrySendError;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use lb_core::{Context, InFlight, Pool};
+use lb_core::Pool;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::ProxyError;
+use crate::admission::{self, Admitted, Limits};
 use crate::body::{ProxyBody, RequestBody};
 use crate::rewrite;
 use crate::upstream::{Conn, Upstream, UpstreamConfig};
@@ -38,6 +39,9 @@ pub struct ProxyBuilder {
     retries: Option<usize>,
     idle_timeout: Duration,
     max_idle_per_backend: usize,
+    max_in_flight: Option<u64>,
+    max_queued: usize,
+    queue_timeout: Duration,
 }
 
 impl ProxyBuilder {
@@ -81,6 +85,22 @@ impl ProxyBuilder {
         self
     }
 
+    /// Most requests in flight to any one backend (default: no limit). A request whose backend
+    /// is full goes to another one with room; when all are full it waits in the queue.
+    pub fn max_in_flight_per_backend(mut self, max: Option<u64>) -> Self {
+        self.max_in_flight = max.filter(|&m| m > 0);
+        self
+    }
+
+    /// The queue for requests that find every backend full: at most `max_queued` of them wait,
+    /// each at most `timeout`; beyond either they get 503 at once (defaults 128 and 1 s). Only
+    /// used with [`max_in_flight_per_backend`](Self::max_in_flight_per_backend).
+    pub fn queue(mut self, max_queued: usize, timeout: Duration) -> Self {
+        self.max_queued = max_queued;
+        self.queue_timeout = timeout;
+        self
+    }
+
     /// Checks the settings and builds the proxy. Fails on a counter parameter name that would
     /// need escaping in a query string.
     pub fn build(self) -> Result<Proxy, ProxyError> {
@@ -101,6 +121,9 @@ impl ProxyBuilder {
                 counter_param: self.counter_param.map(Arc::from),
                 response_timeout: self.response_timeout,
                 retries: self.retries,
+                limits: self
+                    .max_in_flight
+                    .map(|max| Arc::new(Limits::new(max, self.max_queued, self.queue_timeout))),
                 tunnels: TaskTracker::new(),
                 close_tunnels: CancellationToken::new(),
             }),
@@ -125,6 +148,8 @@ struct Shared {
     counter_param: Option<Arc<str>>,
     response_timeout: Duration,
     retries: Option<usize>,
+    /// The per-backend limit of requests in flight and its queue, shared by all workers.
+    limits: Option<Arc<Limits>>,
     /// Upgraded connections (WebSocket) being tunnelled, and their stop signal.
     tunnels: TaskTracker,
     close_tunnels: CancellationToken,
@@ -141,6 +166,9 @@ impl Proxy {
             retries: None,
             idle_timeout: Duration::from_secs(90),
             max_idle_per_backend: 256,
+            max_in_flight: None,
+            max_queued: 128,
+            queue_timeout: Duration::from_secs(1),
         }
     }
 
@@ -175,6 +203,7 @@ impl Proxy {
                 counter_param: shared.counter_param.clone(),
                 response_timeout: shared.response_timeout,
                 retries: shared.retries,
+                limits: shared.limits.clone(),
                 tunnels: TaskTracker::new(),
                 close_tunnels: CancellationToken::new(),
             }),
@@ -277,25 +306,25 @@ impl Proxy {
     /// streamed through, or for `101 Switching Protocols` a tunnel between the two connections.
     fn finish(
         &self,
-        (mut response, conn, in_flight): (Response<Incoming>, Conn, InFlight),
+        (mut response, conn, admitted): (Response<Incoming>, Conn, Admitted),
         client_upgrade: Option<OnUpgrade>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_upgrade) = client_upgrade else {
                 return Err(ProxyError::UnexpectedUpgrade {
-                    backend: in_flight.backend().id().to_owned(),
+                    backend: admitted.backend().id().to_owned(),
                 });
             };
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             let closed = self.shared.close_tunnels.clone().cancelled_owned();
             self.shared
                 .tunnels
-                .spawn(tunnel(client_upgrade, upstream_upgrade, in_flight, closed));
+                .spawn(tunnel(client_upgrade, upstream_upgrade, admitted, closed));
             rewrite::strip_hop_by_hop(response.headers_mut(), true);
             return Ok(response.map(|_| ProxyBody::empty()));
         }
         rewrite::strip_hop_by_hop(response.headers_mut(), false);
-        Ok(response.map(|body| ProxyBody::upstream(body, Some(conn), Some(in_flight))))
+        Ok(response.map(|body| ProxyBody::upstream(body, Some(conn), Some(admitted))))
     }
 
     /// Sends the request to a backend, moving on to another one while the request provably has
@@ -304,16 +333,18 @@ impl Proxy {
         &self,
         mut request: Request<RequestBody>,
         mut body_sent: Option<oneshot::Receiver<()>>,
-    ) -> Result<(Response<Incoming>, Conn, InFlight), ProxyError> {
+    ) -> Result<(Response<Incoming>, Conn, Admitted), ProxyError> {
         let shared = &self.shared;
         let mut tried: Vec<u64> = Vec::new();
         let mut last_error = None;
         'backends: while shared.retries.is_none_or(|r| tried.len() <= r) {
-            let Some(backend) = shared.pool.select(&Context::new().excluding(&tried)) else {
+            let Some(admitted) =
+                admission::admit(&shared.pool, shared.limits.as_ref(), &tried).await?
+            else {
                 break;
             };
+            let backend = Arc::clone(admitted.backend());
             tried.push(backend.key());
-            let in_flight = backend.start_request();
             let mut conn = match shared.upstream.checkout(&backend).await {
                 Ok(conn) => conn,
                 Err(error) => {
@@ -324,7 +355,7 @@ impl Proxy {
             };
             loop {
                 let mut error = match self.exchange(&mut conn, request, &mut body_sent).await {
-                    Some(Ok(response)) => return Ok((response, conn, in_flight)),
+                    Some(Ok(response)) => return Ok((response, conn, admitted)),
                     Some(Err(error)) => error,
                     None => {
                         return Err(ProxyError::ResponseTimeout {
@@ -452,7 +483,7 @@ fn error_response(error: &ProxyError) -> Response<ProxyBody> {
 async fn tunnel(
     client: OnUpgrade,
     upstream: OnUpgrade,
-    _in_flight: InFlight,
+    _admitted: Admitted,
     closed: impl Future<Output = ()>,
 ) {
     let relay = async {

@@ -2,12 +2,14 @@
 
 use std::future::Future;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -26,6 +28,8 @@ pub struct Server {
     max_header_bytes: usize,
     timeouts: ClientTimeouts,
     grace_period: Duration,
+    /// Shared by clones, so that workers serving one listener address share one limit.
+    max_connections: Option<Arc<Semaphore>>,
 }
 
 impl Server {
@@ -39,7 +43,16 @@ impl Server {
                 header: Duration::from_secs(10),
             },
             grace_period: Duration::from_secs(30),
+            max_connections: None,
         }
+    }
+
+    /// Most client connections open at once, across this server and its clones (default: no
+    /// limit). At the limit no more are accepted until one closes: new ones wait in the
+    /// kernel's listen backlog, as with HAProxy's `maxconn`.
+    pub fn max_connections(mut self, max: Option<usize>) -> Self {
+        self.max_connections = max.map(|m| Arc::new(Semaphore::new(m)));
+        self
     }
 
     /// Longest time from the first byte of a request head to its end (default 10 s): a client
@@ -95,6 +108,13 @@ impl Server {
         let hard_stop = CancellationToken::new();
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
+            let permit = match &self.max_connections {
+                Some(limit) => tokio::select! {
+                    () = &mut shutdown => break,
+                    permit = Arc::clone(limit).acquire_owned() => permit.ok(),
+                },
+                None => None,
+            };
             let (stream, client) = tokio::select! {
                 () = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
@@ -116,6 +136,7 @@ impl Server {
             let conn = graceful.watch(conn);
             let stopped = hard_stop.clone().cancelled_owned();
             connections.spawn(async move {
+                let _permit = permit;
                 tokio::select! {
                     ended = conn => if let Err(error) = ended {
                         tracing::debug!(%client, %error, "client connection ended with an error");
