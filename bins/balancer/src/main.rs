@@ -39,6 +39,14 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
+    // Every client and upstream connection is a file descriptor: raise the soft limit to the
+    // hard one, as nginx (worker_rlimit_nofile) and Go programs do, so that thousands of
+    // connections do not hit a default soft limit of 1024.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open files limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open files limit"),
+    }
+
     // Everything that can be refused is checked before the first socket is bound.
     let demo = match (0..if settings.demo { 3 } else { 0 })
         .map(|_| StdListener::bind("127.0.0.1:0"))
