@@ -93,7 +93,10 @@ fn main() -> ExitCode {
         Err(message) => return fail(1, &message),
     };
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // The main thread runs what is not on the request path (signals, health checks, the admin
+    // listener, demo backends) on a single-threaded runtime; requests are served by the worker
+    // threads, each with a runtime of its own.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
