@@ -1,5 +1,9 @@
-//! Worker threads: one single-threaded tokio runtime per worker, each with its own listener
+//! Workers: one single-threaded tokio runtime per worker, each with its own listener
 //! (`SO_REUSEPORT`) and its own upstream connections, sharing only the pool and the counter.
+//!
+//! Worker 0 is the main thread itself, beside the control tasks (signals, health checks, admin),
+//! which cost it next to nothing; workers 1.. get threads of their own. With one worker the
+//! balancer is a single thread, as nginx and HAProxy are: one stack and one malloc arena fewer.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -25,20 +29,33 @@ pub(crate) fn bind(addr: SocketAddr, count: usize) -> Result<Vec<StdListener>, S
 /// Running workers.
 pub(crate) struct Workers {
     stop: watch::Sender<bool>,
+    main: tokio::task::JoinHandle<()>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl Workers {
-    /// Starts one worker thread per listener, each serving its own [`Proxy::worker`] with the
-    /// settings of `server`.
+    /// Starts one worker per listener, each serving its own [`Proxy::worker`] with the settings
+    /// of `server`: the first on the current (main thread's) runtime, the others on threads.
     pub(crate) fn start(
         listeners: Vec<StdListener>,
         proxy: &Proxy,
         server: &Server,
     ) -> io::Result<Workers> {
         let (stop, stopped) = watch::channel(false);
+        let mut listeners = listeners.into_iter();
+        let first = listeners
+            .next()
+            .ok_or_else(|| io::Error::other("no listener"))
+            .and_then(TcpListener::from_std)?;
+        let main = tokio::spawn(server.clone().proxy(proxy.worker()).serve(first, {
+            let mut stopped = stopped.clone();
+            async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            }
+        }));
         let mut threads = Vec::new();
-        for (i, listener) in listeners.into_iter().enumerate() {
+        for (i, listener) in listeners.enumerate() {
+            let i = i + 1;
             let server = server.clone().proxy(proxy.worker());
             let mut stopped = stopped.clone();
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -60,13 +77,21 @@ impl Workers {
                 })?;
             threads.push(thread);
         }
-        Ok(Workers { stop, threads })
+        Ok(Workers {
+            stop,
+            main,
+            threads,
+        })
     }
 
     /// Tells every worker to stop accepting and drain, and waits until all have finished.
     pub(crate) async fn stop(self) {
         let _ = self.stop.send(true);
+        let _ = self.main.await;
         let threads = self.threads;
+        if threads.is_empty() {
+            return;
+        }
         let _ = tokio::task::spawn_blocking(move || {
             for thread in threads {
                 let _ = thread.join();
