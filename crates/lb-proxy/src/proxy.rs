@@ -399,12 +399,13 @@ impl Proxy {
         request: Request<RequestBody>,
         body_sent: &mut Option<oneshot::Receiver<()>>,
     ) -> Option<Result<Response<Incoming>, TrySendError<Request<RequestBody>>>> {
-        let response = conn.send(request);
+        let timeout = self.shared.response_timeout;
+        let (response, timer) = conn.send(request);
         let deadline = async {
             if let Some(sent) = body_sent.as_mut() {
                 let _ = sent.await;
             }
-            tokio::time::sleep(self.shared.response_timeout).await;
+            timer.elapsed(tokio::time::Instant::now(), timeout).await;
         };
         tokio::select! {
             response = response => Some(response),

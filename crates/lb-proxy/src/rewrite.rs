@@ -52,30 +52,31 @@ fn has_token(value: &HeaderValue, token: &str) -> bool {
 /// `Connection` token that names some other header.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     let mut present = 0u8;
-    for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
-            present |= 1 << i;
+    let mut named: Vec<HeaderName> = Vec::new();
+    for (name, value) in headers.iter() {
+        let Some(i) = hop_by_hop_index(name) else {
+            continue;
+        };
+        present |= 1 << i;
+        if i != 0 {
+            continue;
+        }
+        // Connection: the options it lists are headers to remove too.
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            if token.is_empty() || is_plain_connection_option(token) {
+                continue;
+            }
+            // `Connection: host` must not take the client's Host away.
+            if let Ok(name) = HeaderName::from_bytes(token)
+                && name != header::HOST
+            {
+                named.push(name);
+            }
         }
     }
     if present == 0 {
         return;
-    }
-    let mut named: Vec<HeaderName> = Vec::new();
-    if present & 1 != 0 {
-        for value in headers.get_all(header::CONNECTION) {
-            for token in value.as_bytes().split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                if token.is_empty() || is_plain_connection_option(token) {
-                    continue;
-                }
-                // `Connection: host` must not take the client's Host away.
-                if let Ok(name) = HeaderName::from_bytes(token)
-                    && name != header::HOST
-                {
-                    named.push(name);
-                }
-            }
-        }
     }
     for (i, hop) in HOP_BY_HOP.iter().enumerate() {
         if present & (1 << i) != 0 && !(upgrade && hop == header::UPGRADE) {
@@ -88,6 +89,21 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
+}
+
+/// The index in [`HOP_BY_HOP`] of `name`, if it is one: by length first, so that most names
+/// are ruled out with one comparison.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    let name = name.as_str();
+    let candidates: &[usize] = match name.len() {
+        2 => &[3],
+        7 => &[4, 6],
+        10 => &[0, 1],
+        16 => &[2],
+        17 => &[5],
+        _ => return None,
+    };
+    candidates.iter().copied().find(|&i| HOP_BY_HOP[i].as_str() == name)
 }
 
 /// `Connection` options that are not header names to remove, or are removed anyway.
@@ -236,6 +252,16 @@ mod tests {
         let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, ["host", "x-kept"]);
+    }
+
+    #[test]
+    fn hop_by_hop_names_are_found_by_length_then_name() {
+        for (i, hop) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(hop), Some(i), "{hop}");
+        }
+        for other in ["host", "date", "content-length", "x-upgrade", "tee", "connections"] {
+            assert_eq!(hop_by_hop_index(&HeaderName::from_static(other)), None, "{other}");
+        }
     }
 
     #[test]

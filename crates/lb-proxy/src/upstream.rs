@@ -11,6 +11,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once, PoisonError, Weak};
 use std::time::Duration;
@@ -24,7 +26,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use lb_core::{Address, Backend, Protocol};
 use rustc_hash::FxBuildHasher;
 use tokio::net::TcpStream;
-use tokio::time::{Instant, timeout};
+use tokio::time::{Instant, Sleep, timeout};
 
 use crate::ProxyError;
 use crate::body::RequestBody;
@@ -64,7 +66,36 @@ struct Slot {
 
 struct Idle {
     sender: http1::SendRequest<RequestBody>,
+    timer: ResponseTimer,
     since: Instant,
+}
+
+/// The response timeout's timer, kept with an HTTP/1.1 connection for its whole life, so that a
+/// request re-arms no timer: it waits on whatever deadline the timer has, and only when that
+/// comes too early (at most once per timeout period) sets it again. A fresh timer per request
+/// cost ~650 instructions (registering it in tokio's timer wheel and removing it again).
+#[derive(Debug)]
+pub(crate) struct ResponseTimer(Pin<Box<Sleep>>);
+
+impl ResponseTimer {
+    fn new() -> Self {
+        ResponseTimer(Box::pin(tokio::time::sleep_until(Instant::now())))
+    }
+
+    /// Completes `timeout` after `from`.
+    pub(crate) async fn elapsed(&mut self, from: Instant, timeout: Duration) {
+        let deadline = from + timeout;
+        if self.0.deadline() > deadline {
+            self.0.as_mut().reset(deadline);
+        }
+        loop {
+            self.0.as_mut().await;
+            if Instant::now() >= deadline {
+                return;
+            }
+            self.0.as_mut().reset(deadline);
+        }
+    }
 }
 
 impl Shared {
@@ -166,10 +197,11 @@ impl Upstream {
         let slot = slots.get_mut(&backend.key())?;
         let sender = match backend.protocol() {
             Protocol::Http1 => {
-                Sender::H1(take_ready(&mut slot.idle, self.shared.config.idle_timeout)?)
+                let (sender, timer) = take_ready(&mut slot.idle, self.shared.config.idle_timeout)?;
+                Sender::H1(sender, timer)
             }
             Protocol::H2c => match &slot.h2 {
-                Some(h2) if !h2.is_closed() => Sender::H2(h2.clone()),
+                Some(h2) if !h2.is_closed() => Sender::H2(h2.clone(), ResponseTimer::new()),
                 _ => return None,
             },
         };
@@ -223,7 +255,7 @@ impl Upstream {
                         tracing::debug!(backend = %id, error = %e, "upstream connection ended with an error");
                     }
                 });
-                Sender::H1(sender)
+                Sender::H1(sender, ResponseTimer::new())
             }
             Protocol::H2c => {
                 let (sender, conn) = http2::Builder::new(TokioExecutor::new())
@@ -237,7 +269,7 @@ impl Upstream {
                     }
                 });
                 self.shared.slots().entry(backend.key()).or_default().h2 = Some(sender.clone());
-                Sender::H2(sender)
+                Sender::H2(sender, ResponseTimer::new())
             }
         };
         self.shared.opened.fetch_add(1, Ordering::Relaxed);
@@ -260,7 +292,7 @@ impl Upstream {
 fn take_ready(
     idle: &mut VecDeque<Idle>,
     idle_timeout: Duration,
-) -> Option<http1::SendRequest<RequestBody>> {
+) -> Option<(http1::SendRequest<RequestBody>, ResponseTimer)> {
     let now = Instant::now();
     let mut i = idle.len();
     while i > 0 {
@@ -269,7 +301,7 @@ fn take_ready(
         if now.duration_since(entry.since) >= idle_timeout || entry.sender.is_closed() {
             idle.remove(i);
         } else if entry.sender.is_ready() {
-            return idle.remove(i).map(|e| e.sender);
+            return idle.remove(i).map(|e| (e.sender, e.timer));
         }
     }
     None
@@ -284,9 +316,11 @@ impl fmt::Debug for Upstream {
     }
 }
 
+/// A connection's sender, with the timer its requests wait on (an h2c connection is shared by
+/// concurrent requests, so each of them has a timer of its own).
 enum Sender {
-    H1(http1::SendRequest<RequestBody>),
-    H2(http2::SendRequest<RequestBody>),
+    H1(http1::SendRequest<RequestBody>, ResponseTimer),
+    H2(http2::SendRequest<RequestBody>, ResponseTimer),
 }
 
 /// A connection taken from the pool (or just opened) for one request.
@@ -304,29 +338,40 @@ impl Conn {
         self.reused
     }
 
-    /// Sends a request, in the form the connection's protocol wants. If the connection turns out
-    /// to be closed before the request was written, the error hands the request back, so it can
-    /// be sent elsewhere.
-    pub(crate) async fn send(
+    /// Sends a request, in the form the connection's protocol wants, and returns the response
+    /// future with the connection's response timer. If the connection turns out to be closed
+    /// before the request was written, the error hands the request back, so it can be sent
+    /// elsewhere.
+    pub(crate) fn send(
         &mut self,
         mut request: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, TrySendError<Request<RequestBody>>> {
-        match &mut self.sender {
-            Sender::H1(sender) => {
+    ) -> (
+        impl Future<Output = Result<Response<Incoming>, TrySendError<Request<RequestBody>>>> + use<>,
+        &mut ResponseTimer,
+    ) {
+        let (sent, timer) = match &mut self.sender {
+            Sender::H1(sender, timer) => {
                 to_http1(&mut request);
-                sender.try_send_request(request).await
+                (Sent::H1(sender.try_send_request(request)), timer)
             }
-            Sender::H2(sender) => {
+            Sender::H2(sender, timer) => {
                 to_http2(&mut request);
-                sender.try_send_request(request).await
+                (Sent::H2(sender.try_send_request(request)), timer)
             }
-        }
+        };
+        let response = async move {
+            match sent {
+                Sent::H1(response) => response.await,
+                Sent::H2(response) => response.await,
+            }
+        };
+        (response, timer)
     }
 
     /// Returns an HTTP/1.1 connection to the pool, once its response has been read to the end.
     /// (An h2c connection stays shared in the pool all along.)
     pub(crate) fn release(self) {
-        let Sender::H1(sender) = self.sender else {
+        let Sender::H1(sender, timer) = self.sender else {
             return;
         };
         if sender.is_closed() {
@@ -346,9 +391,19 @@ impl Conn {
             idle.pop_front();
         }
         if shared.config.max_idle_per_backend > 0 {
-            idle.push_back(Idle { sender, since: now });
+            idle.push_back(Idle {
+                sender,
+                timer,
+                since: now,
+            });
         }
     }
+}
+
+/// A request handed to a connection, whichever its protocol.
+enum Sent<A, B> {
+    H1(A),
+    H2(B),
 }
 
 /// HTTP/1.1 wants an origin-form target and the host in `Host`. The proxy prepares requests so;
@@ -398,8 +453,8 @@ fn to_http2(request: &mut Request<RequestBody>) {
 impl fmt::Debug for Conn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let protocol = match self.sender {
-            Sender::H1(_) => "http1",
-            Sender::H2(_) => "h2c",
+            Sender::H1(..) => "http1",
+            Sender::H2(..) => "h2c",
         };
         f.debug_struct("Conn")
             .field("protocol", &protocol)
