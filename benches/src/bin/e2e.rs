@@ -122,7 +122,7 @@ fn main() -> Result<(), Error> {
         let mut order = targets.clone();
         order.rotate_left(round % targets.len().max(1));
         for target in &order {
-            let mut proxy = Proxy::start(target, &ours, &dir, proxy_cpus)?;
+            let mut proxy = Proxy::start(target, &ours, &dir, proxy_cpus, 4000)?;
             wrk(load_cpus, 50, 2)?; // warm-up, not recorded
             for &c in &o.connections {
                 let run = proxy.measure(load_cpus, c, o.duration)?;
@@ -139,9 +139,15 @@ fn main() -> Result<(), Error> {
                 );
                 results.entry((target.clone(), c)).or_default().push(run);
             }
-            if round == 0 && o.idle > 0 {
-                idle.insert(target.clone(), proxy.idle_memory(o.idle)?);
-            }
+            proxy.stop();
+        }
+    }
+    if o.idle > 0 {
+        for target in &targets {
+            // HAProxy reserves about two descriptors per connection it may hold.
+            let maxconn = u32::try_from(o.idle + 100).unwrap_or(u32::MAX);
+            let mut proxy = Proxy::start(target, &ours, &dir, proxy_cpus, maxconn)?;
+            idle.insert(target.clone(), proxy.idle_memory(o.idle)?);
             proxy.stop();
         }
     }
@@ -277,7 +283,13 @@ struct Proxy {
 }
 
 impl Proxy {
-    fn start(target: &str, ours: &Path, dir: &Path, cpus: Option<&str>) -> Result<Self, Error> {
+    fn start(
+        target: &str,
+        ours: &Path,
+        dir: &Path,
+        cpus: Option<&str>,
+        maxconn: u32,
+    ) -> Result<Self, Error> {
         let listen = format!("127.0.0.1:{PROXY_PORT}");
         let mut cmd = match target {
             "ours" => {
@@ -298,7 +310,7 @@ impl Proxy {
                 std::fs::write(
                     &conf,
                     format!(
-                        "global\n  nbthread 1\n  maxconn 4000\ndefaults\n  mode http\n  timeout connect 1s\n  \
+                        "global\n  nbthread 1\n  maxconn {maxconn}\ndefaults\n  mode http\n  timeout connect 1s\n  \
                          timeout client 30s\n  timeout server 30s\n  http-reuse always\n\
                          frontend fe\n  bind {listen}\n  default_backend be\n\
                          backend be\n  balance roundrobin\n  option httpchk GET /health\n{servers}"

@@ -103,7 +103,10 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
         17 => &[5],
         _ => return None,
     };
-    candidates.iter().copied().find(|&i| HOP_BY_HOP[i].as_str() == name)
+    candidates
+        .iter()
+        .copied()
+        .find(|&i| HOP_BY_HOP[i].as_str() == name)
 }
 
 /// `Connection` options that are not header names to remove, or are removed anyway.
@@ -259,8 +262,19 @@ mod tests {
         for (i, hop) in HOP_BY_HOP.iter().enumerate() {
             assert_eq!(hop_by_hop_index(hop), Some(i), "{hop}");
         }
-        for other in ["host", "date", "content-length", "x-upgrade", "tee", "connections"] {
-            assert_eq!(hop_by_hop_index(&HeaderName::from_static(other)), None, "{other}");
+        for other in [
+            "host",
+            "date",
+            "content-length",
+            "x-upgrade",
+            "tee",
+            "connections",
+        ] {
+            assert_eq!(
+                hop_by_hop_index(&HeaderName::from_static(other)),
+                None,
+                "{other}"
+            );
         }
     }
 
