@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use url::{Host, Url};
 
@@ -287,20 +288,31 @@ impl fmt::Display for BackendSpec {
 /// counters survive every snapshot swap.
 pub struct Backend {
     key: u64,
-    spec: BackendSpec,
-    health: AtomicU8,
     in_flight: AtomicU64,
+    health: AtomicU8,
+    /// Requests in flight to every backend of the pool this one belongs to.
+    total_in_flight: Arc<AtomicU64>,
+    latency: PeakEwma,
+    spec: BackendSpec,
 }
 
 impl Backend {
-    /// A healthy backend with no request in flight.
+    /// A healthy backend with no request in flight, in a pool of its own.
     pub fn new(spec: BackendSpec) -> Self {
+        Backend::in_group(spec, Arc::new(AtomicU64::new(0)))
+    }
+
+    /// A backend whose requests in flight also count towards `total_in_flight`, the total of
+    /// its pool (what bounded-load hashing compares a backend against).
+    pub(crate) fn in_group(spec: BackendSpec, total_in_flight: Arc<AtomicU64>) -> Self {
         static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
         Backend {
             key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
-            spec,
-            health: AtomicU8::new(Health::Healthy as u8),
             in_flight: AtomicU64::new(0),
+            health: AtomicU8::new(Health::Healthy as u8),
+            total_in_flight,
+            latency: PeakEwma::new(),
+            spec,
         }
     }
 
@@ -354,7 +366,13 @@ impl Backend {
     /// Counts one request in flight until the returned guard is dropped.
     pub fn start_request(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.total_in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(Arc::clone(self))
+    }
+
+    /// Requests in flight to every backend of this one's pool.
+    pub fn pool_in_flight(&self) -> u64 {
+        self.total_in_flight.load(Ordering::Relaxed)
     }
 
     /// Like [`start_request`](Self::start_request), but only while fewer than `limit`
@@ -365,8 +383,19 @@ impl Backend {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < limit).then_some(n + 1)
             })
-            .ok()
-            .map(|_| InFlight(Arc::clone(self)))
+            .ok()?;
+        self.total_in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(InFlight(Arc::clone(self)))
+    }
+
+    /// Records how long a response took (to its headers), for latency-aware strategies.
+    pub fn observe_latency(&self, latency: Duration, now: Instant) {
+        self.latency.observe(latency, now);
+    }
+
+    /// The peak-EWMA latency estimate at `now`; `default` before any response was observed.
+    pub fn latency_estimate(&self, now: Instant, default: Duration) -> Duration {
+        self.latency.estimate(now, default)
     }
 }
 
@@ -395,6 +424,66 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.total_in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A peak-sensitive exponentially weighted moving average of response latency, as in linkerd
+/// and tower's `PeakEwma`: a slower response raises the estimate at once, faster ones bring it
+/// down gradually (time constant 10 s). Two atomics, updated without a lock; two racing updates
+/// may lose one of the samples, which an average can afford.
+#[derive(Debug)]
+struct PeakEwma {
+    /// The estimate in nanoseconds, as `f64` bits; 0 until the first sample.
+    estimate_ns: AtomicU64,
+    /// When it was last updated, in nanoseconds since [`epoch`].
+    updated_ns: AtomicU64,
+}
+
+/// How fast old samples fade: their weight falls by e every 10 s.
+const DECAY_NS: f64 = 10e9;
+
+/// A fixed point in time to express instants as integers.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn nanos_since_epoch(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(epoch()).as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl PeakEwma {
+    fn new() -> Self {
+        let _ = epoch();
+        PeakEwma {
+            estimate_ns: AtomicU64::new(0f64.to_bits()),
+            updated_ns: AtomicU64::new(0),
+        }
+    }
+
+    fn observe(&self, latency: Duration, now: Instant) {
+        let sample = latency.as_nanos() as f64;
+        let now_ns = nanos_since_epoch(now);
+        let previous = f64::from_bits(self.estimate_ns.load(Ordering::Relaxed));
+        let next = if previous == 0.0 || sample > previous {
+            sample
+        } else {
+            let elapsed = now_ns.saturating_sub(self.updated_ns.load(Ordering::Relaxed)) as f64;
+            let decay = (-elapsed / DECAY_NS).exp();
+            previous * decay + sample * (1.0 - decay)
+        };
+        self.estimate_ns.store(next.to_bits(), Ordering::Relaxed);
+        self.updated_ns.store(now_ns, Ordering::Relaxed);
+    }
+
+    fn estimate(&self, _now: Instant, default: Duration) -> Duration {
+        let estimate = f64::from_bits(self.estimate_ns.load(Ordering::Relaxed));
+        if estimate > 0.0 {
+            Duration::from_nanos(estimate as u64)
+        } else {
+            default
+        }
     }
 }
 
@@ -493,6 +582,56 @@ mod tests {
         assert!(backend.try_start_request(3).is_none());
         drop(held);
         assert!(backend.try_start_request(3).is_some());
+    }
+
+    #[test]
+    fn peak_ewma_jumps_up_and_decays_down() {
+        let backend = Backend::new("http://127.0.0.1:1".parse().unwrap());
+        let t0 = Instant::now();
+        let default = Duration::from_millis(30);
+        assert_eq!(backend.latency_estimate(t0, default), default);
+        backend.observe_latency(Duration::from_millis(10), t0);
+        assert_eq!(
+            backend.latency_estimate(t0, default),
+            Duration::from_millis(10)
+        );
+        // A slower sample is taken at once (peak).
+        backend.observe_latency(Duration::from_millis(500), t0 + Duration::from_millis(1));
+        assert_eq!(
+            backend.latency_estimate(t0, default),
+            Duration::from_millis(500)
+        );
+        // Faster ones pull it down by the time that passed: after 10 s, 1/e of the old weight.
+        backend.observe_latency(
+            Duration::from_millis(10),
+            t0 + Duration::from_millis(10_001),
+        );
+        let after = backend.latency_estimate(t0, default).as_secs_f64() * 1000.0;
+        let expected = 500.0 / std::f64::consts::E + 10.0 * (1.0 - 1.0 / std::f64::consts::E);
+        assert!((after - expected).abs() < 1.0, "{after} vs {expected}");
+    }
+
+    #[test]
+    fn the_pool_total_follows_every_backend() {
+        let total = Arc::new(AtomicU64::new(0));
+        let a = Arc::new(Backend::in_group(
+            "http://127.0.0.1:1".parse().unwrap(),
+            Arc::clone(&total),
+        ));
+        let b = Arc::new(Backend::in_group(
+            "http://127.0.0.1:2".parse().unwrap(),
+            Arc::clone(&total),
+        ));
+        let g1 = a.start_request();
+        let g2 = b.start_request();
+        let g3 = b.try_start_request(5).unwrap();
+        assert_eq!(a.pool_in_flight(), 3);
+        drop((g1, g2));
+        assert_eq!(b.pool_in_flight(), 1);
+        assert!(b.try_start_request(1).is_none());
+        assert_eq!(b.pool_in_flight(), 1, "a refused request does not count");
+        drop(g3);
+        assert_eq!(total.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -32,4 +32,7 @@ pub mod strategy;
 pub use backend::{Address, Backend, BackendSpec, Health, InFlight, Protocol};
 pub use error::Error;
 pub use pool::{Pool, Snapshot};
-pub use strategy::{Context, RoundRobin, Strategy};
+pub use strategy::{
+    ConsistentHash, Context, LeastConnections, Load, PowerOfTwo, Random, RoundRobin, Strategy,
+    WeightedRoundRobin,
+};

@@ -1,8 +1,10 @@
 //! The backend pool: an immutable snapshot of backends and their eligibility, swapped whole.
 
+use std::any::Any;
 use std::collections::HashSet;
 use std::fmt;
 use std::ops::Deref;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
@@ -21,22 +23,31 @@ pub struct Snapshot {
     backends: Vec<Arc<Backend>>,
     eligible: Vec<usize>,
     strategy: Arc<dyn Strategy>,
+    /// What the strategy built for this set of eligible backends (tables, sequences).
+    prepared: Option<Box<dyn Any + Send + Sync>>,
 }
 
 impl Snapshot {
     fn build(generation: u64, backends: Vec<Arc<Backend>>, strategy: Arc<dyn Strategy>) -> Self {
-        let eligible = backends
+        let eligible: Vec<usize> = backends
             .iter()
             .enumerate()
             .filter(|(_, b)| b.health().is_eligible())
             .map(|(i, _)| i)
             .collect();
+        let prepared = strategy.prepare(&backends, &eligible);
         Snapshot {
             generation,
             backends,
             eligible,
             strategy,
+            prepared,
         }
+    }
+
+    /// What this snapshot's strategy built in [`Strategy::prepare`], if it is a `T`.
+    pub fn prepared<T: Any>(&self) -> Option<&T> {
+        self.prepared.as_deref()?.downcast_ref()
     }
 
     /// Grows by one with every swap; tells a reader that something changed.
@@ -99,6 +110,8 @@ pub struct Pool {
     current: ArcSwap<Snapshot>,
     /// Serialises writers so that each new snapshot starts from the latest one.
     writer: Mutex<()>,
+    /// Requests in flight to all backends, kept by every backend of the pool.
+    total_in_flight: Arc<AtomicU64>,
 }
 
 impl Pool {
@@ -107,15 +120,17 @@ impl Pool {
         specs: impl IntoIterator<Item = BackendSpec>,
         strategy: impl Strategy,
     ) -> Result<Self, Error> {
+        let total_in_flight = Arc::new(AtomicU64::new(0));
         let backends = unique(
             specs
                 .into_iter()
-                .map(|s| Arc::new(Backend::new(s)))
+                .map(|s| Arc::new(Backend::in_group(s, Arc::clone(&total_in_flight))))
                 .collect(),
         )?;
         Ok(Pool {
             current: ArcSwap::from_pointee(Snapshot::build(0, backends, Arc::new(strategy))),
             writer: Mutex::new(()),
+            total_in_flight,
         })
     }
 
@@ -127,6 +142,11 @@ impl Pool {
     /// Picks a backend for one request; `None` when no eligible backend is left.
     pub fn select(&self, ctx: &Context<'_>) -> Option<Arc<Backend>> {
         self.current.load().select(ctx).cloned()
+    }
+
+    /// Requests in flight to all of the pool's backends.
+    pub fn in_flight(&self) -> u64 {
+        self.total_in_flight.load(Ordering::Relaxed)
     }
 
     /// The backend with this `host:port`, if it is in the pool.

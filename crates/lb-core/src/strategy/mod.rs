@@ -4,14 +4,28 @@
 //! snapshot it is handed and, at most, a few atomics of its own. Each algorithm lives in its own
 //! file; this module holds the trait and what a pick may know about the request.
 
+use std::any::Any;
 use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
 
 use crate::Backend;
 use crate::pool::Snapshot;
 
+mod consistent_hash;
+mod least_connections;
+mod power_of_two;
+mod random;
+mod rng;
 mod round_robin;
+mod weighted_round_robin;
 
+pub use consistent_hash::ConsistentHash;
+pub use least_connections::LeastConnections;
+pub use power_of_two::{Load, PowerOfTwo};
+pub use random::Random;
 pub use round_robin::RoundRobin;
+pub use weighted_round_robin::WeightedRoundRobin;
 
 /// Picks one backend for a request.
 ///
@@ -43,6 +57,25 @@ pub use round_robin::RoundRobin;
 pub trait Strategy: Send + Sync + fmt::Debug + 'static {
     /// Picks a backend for one request.
     fn pick(&self, snapshot: &Snapshot, ctx: &Context<'_>) -> Option<usize>;
+
+    /// Builds what picks need from a new set of eligible backends (a lookup table, an
+    /// interleaved sequence); the pool calls it when it publishes a snapshot, never per request,
+    /// and [`Snapshot::prepared`] hands it back to [`pick`](Self::pick). `eligible` holds indices
+    /// into `backends`.
+    fn prepare(
+        &self,
+        backends: &[Arc<Backend>],
+        eligible: &[usize],
+    ) -> Option<Box<dyn Any + Send + Sync>> {
+        let _ = (backends, eligible);
+        None
+    }
+
+    /// True if the strategy reads response latencies ([`Backend::latency_estimate`]): the proxy
+    /// then reports each response's latency with [`Backend::observe_latency`].
+    fn uses_latency(&self) -> bool {
+        false
+    }
 }
 
 /// What a strategy may know about the request it picks for.
@@ -53,6 +86,7 @@ pub trait Strategy: Send + Sync + fmt::Debug + 'static {
 pub struct Context<'a> {
     key: Option<u64>,
     excluded: &'a [u64],
+    now: Option<Instant>,
 }
 
 impl<'a> Context<'a> {
@@ -71,6 +105,17 @@ impl<'a> Context<'a> {
     pub fn excluding(mut self, keys: &'a [u64]) -> Self {
         self.excluded = keys;
         self
+    }
+
+    /// Picks as of `now` rather than the clock's current time (simulations in virtual time).
+    pub fn at(mut self, now: Instant) -> Self {
+        self.now = Some(now);
+        self
+    }
+
+    /// The time to pick at: the one given with [`at`](Self::at), else the clock's.
+    pub fn now(&self) -> Instant {
+        self.now.unwrap_or_else(Instant::now)
     }
 
     /// The request's hash key, if the proxy computed one.
