@@ -9,10 +9,14 @@ use std::io::IsTerminal;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use lb_backend::TestBackend;
-use lb_core::{Pool, RoundRobin, Strategy};
+use lb_core::{
+    ConsistentHash, LeastConnections, Load, Pool, PowerOfTwo, Random, RoundRobin, Strategy,
+    WeightedRoundRobin,
+};
 use lb_health::{Checker, HttpProbe};
 use lb_proxy::{Proxy, Server};
 use tokio::net::TcpListener;
@@ -22,7 +26,7 @@ use tracing::Level;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 
-use crate::settings::{Args, Settings, StrategyName};
+use crate::settings::{Args, LoadName, Settings, StrategyName};
 use crate::workers::Workers;
 
 /// Exit code for a bad flag or config (as clap uses).
@@ -71,7 +75,7 @@ fn main() -> ExitCode {
             _ => return fail(1, "cannot read a demo backend's address"),
         }
     }
-    let pool = match Pool::new(specs, strategy(settings.strategy)) {
+    let pool = match Pool::new(specs, strategy(&settings)) {
         Ok(pool) => Arc::new(pool),
         Err(e) => return fail(USAGE, &e.to_string()),
     };
@@ -88,6 +92,9 @@ fn main() -> ExitCode {
         .response_timeout(settings.response_timeout)
         .max_in_flight_per_backend(settings.backend_max_in_flight)
         .queue(settings.queue_size, settings.queue_timeout)
+        .hash_key(
+            (settings.strategy == StrategyName::ConsistentHash).then(|| settings.hash_key.clone()),
+        )
         .build()
     {
         Ok(proxy) => proxy,
@@ -166,9 +173,27 @@ fn main() -> ExitCode {
     }
 }
 
-fn strategy(name: StrategyName) -> impl Strategy {
-    match name {
-        StrategyName::RoundRobin => RoundRobin::new(),
+/// The strategy the settings name, seeded if a seed was given.
+fn strategy(settings: &Settings) -> Box<dyn Strategy> {
+    match settings.strategy {
+        StrategyName::RoundRobin => Box::new(RoundRobin::new()),
+        StrategyName::WeightedRoundRobin => Box::new(WeightedRoundRobin::new()),
+        StrategyName::LeastConnections => Box::new(LeastConnections::new()),
+        StrategyName::PowerOfTwo => {
+            let p2c = settings
+                .seed
+                .map_or_else(PowerOfTwo::new, PowerOfTwo::from_seed);
+            Box::new(p2c.with_load(match settings.load {
+                LoadName::InFlight => Load::InFlight,
+                LoadName::PeakEwma => Load::PeakEwma {
+                    default_rtt: Duration::from_millis(30),
+                },
+            }))
+        }
+        StrategyName::Random => Box::new(settings.seed.map_or_else(Random::new, Random::from_seed)),
+        StrategyName::ConsistentHash => {
+            Box::new(ConsistentHash::new().with_bounded_load(settings.hash_bounded_load))
+        }
     }
 }
 

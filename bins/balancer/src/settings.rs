@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use lb_core::BackendSpec;
+use lb_proxy::HashKey;
 use serde::{Deserialize, Deserializer};
 
 /// A strategy's name on the command line and in the config file.
@@ -15,6 +16,26 @@ use serde::{Deserialize, Deserializer};
 pub(crate) enum StrategyName {
     /// Each healthy backend in turn.
     RoundRobin,
+    /// In turn, as often as each backend's weight says, interleaved (nginx's smooth algorithm).
+    WeightedRoundRobin,
+    /// The backend with the fewest requests in flight for its weight.
+    LeastConnections,
+    /// The less loaded of two backends picked at random (see --load).
+    PowerOfTwo,
+    /// A backend at random, in proportion to the weights.
+    Random,
+    /// The same backend for the same request key (see --hash-key), Maglev table.
+    ConsistentHash,
+}
+
+/// How power-of-two measures load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum LoadName {
+    /// Requests in flight.
+    InFlight,
+    /// Peak-EWMA of response latency times requests in flight (linkerd, tower).
+    PeakEwma,
 }
 
 impl fmt::Display for StrategyName {
@@ -43,6 +64,21 @@ pub(crate) struct Args {
     /// How to choose a backend for each request [default: round-robin].
     #[arg(long, value_name = "NAME", value_enum)]
     strategy: Option<StrategyName>,
+    /// How power-of-two measures load [default: in-flight].
+    #[arg(long, value_name = "LOAD", value_enum)]
+    load: Option<LoadName>,
+    /// What consistent-hash maps to a backend: ip, header:NAME, cookie:NAME, query:NAME or path
+    /// [default: ip].
+    #[arg(long, value_name = "KEY", value_parser = parse_hash_key)]
+    hash_key: Option<HashKey>,
+    /// With consistent-hash, no backend takes more than FACTOR (> 1) x the mean in-flight load;
+    /// a key then goes to its next backend [default: no bound].
+    #[arg(long, value_name = "FACTOR", value_parser = parse_factor)]
+    hash_bounded_load: Option<f64>,
+    /// Seed for the random strategies (random, power-of-two), for reproducible runs
+    /// [default: random].
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
     /// Path probed on every backend [default: /health].
     #[arg(long, value_name = "PATH")]
     health_path: Option<String>,
@@ -106,6 +142,11 @@ struct File {
     #[serde(default)]
     backend: Vec<FileBackend>,
     strategy: Option<StrategyName>,
+    load: Option<LoadName>,
+    #[serde(default, deserialize_with = "hash_key")]
+    hash_key: Option<HashKey>,
+    hash_bounded_load: Option<f64>,
+    seed: Option<u64>,
     health_path: Option<String>,
     #[serde(default, deserialize_with = "duration")]
     health_interval: Option<Duration>,
@@ -145,6 +186,10 @@ pub(crate) struct Settings {
     pub(crate) listen: SocketAddr,
     pub(crate) backends: Vec<BackendSpec>,
     pub(crate) strategy: StrategyName,
+    pub(crate) load: LoadName,
+    pub(crate) hash_key: HashKey,
+    pub(crate) hash_bounded_load: Option<f64>,
+    pub(crate) seed: Option<u64>,
     pub(crate) health_path: String,
     pub(crate) health_interval: Duration,
     pub(crate) health_timeout: Duration,
@@ -207,6 +252,18 @@ impl Settings {
                 .strategy
                 .or(file.strategy)
                 .unwrap_or(StrategyName::RoundRobin),
+            load: args.load.or(file.load).unwrap_or(LoadName::InFlight),
+            hash_key: args.hash_key.or(file.hash_key).unwrap_or(HashKey::ClientIp),
+            hash_bounded_load: match args.hash_bounded_load.or(file.hash_bounded_load) {
+                Some(f) if f.is_finite() && f > 1.0 => Some(f),
+                Some(f) => {
+                    return Err(format!(
+                        "invalid --hash-bounded-load \"{f}\": must be a number above 1, e.g. 1.25"
+                    ));
+                }
+                None => None,
+            },
+            seed: args.seed.or(file.seed),
             health_path: args
                 .health_path
                 .or(file.health_path)
@@ -294,6 +351,25 @@ fn read_file(path: &Path) -> Result<File, String> {
     toml::from_str(&text).map_err(|e| format!("invalid config file {}: {e}", path.display()))
 }
 
+fn parse_hash_key(text: &str) -> Result<HashKey, String> {
+    text.parse()
+        .map_err(|e: lb_proxy::ProxyError| e.to_string())
+}
+
+fn parse_factor(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(f) if f.is_finite() && f > 1.0 => Ok(f),
+        _ => Err("must be a number above 1, e.g. 1.25".to_owned()),
+    }
+}
+
+fn hash_key<'de, D: Deserializer<'de>>(de: D) -> Result<Option<HashKey>, D::Error> {
+    let text = String::deserialize(de)?;
+    parse_hash_key(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
 fn parse_backend(text: &str) -> Result<BackendSpec, String> {
     text.parse().map_err(|e: lb_core::Error| e.to_string())
 }
@@ -331,6 +407,9 @@ mod tests {
         let ids: Vec<_> = s.backends.iter().map(|b| b.id()).collect();
         assert_eq!(ids, ["127.0.0.1:8080", "127.0.0.1:8081", "127.0.0.1:8082"]);
         assert_eq!(s.strategy, StrategyName::RoundRobin);
+        assert_eq!(s.load, LoadName::InFlight);
+        assert_eq!(s.hash_key, HashKey::ClientIp);
+        assert_eq!(s.hash_bounded_load, None);
         assert_eq!(s.health_path, "/health");
         assert_eq!(s.health_interval, Duration::from_secs(1));
         assert_eq!(s.health_timeout, Duration::from_secs(1));
@@ -384,6 +463,21 @@ mod tests {
             settings(&["--strategy", "fastest"])
                 .unwrap_err()
                 .contains("fastest")
+        );
+        assert!(
+            settings(&["--hash-key", "body"])
+                .unwrap_err()
+                .contains("body")
+        );
+        assert!(
+            settings(&["--hash-bounded-load", "0.9"])
+                .unwrap_err()
+                .contains("0.9")
+        );
+        assert!(
+            settings(&["--load", "vibes"])
+                .unwrap_err()
+                .contains("vibes")
         );
         assert!(
             settings(&["--listen", "nowhere"])

@@ -430,8 +430,9 @@ impl Drop for InFlight {
 
 /// A peak-sensitive exponentially weighted moving average of response latency, as in linkerd
 /// and tower's `PeakEwma`: a slower response raises the estimate at once, faster ones bring it
-/// down gradually (time constant 10 s). Two atomics, updated without a lock; two racing updates
-/// may lose one of the samples, which an average can afford.
+/// down gradually, and with no responses at all it decays towards zero (time constant 10 s), so
+/// a backend that was avoided is tried again after a while. Two atomics, updated without a
+/// lock; two racing updates may lose one of the samples, which an average can afford.
 #[derive(Debug)]
 struct PeakEwma {
     /// The estimate in nanoseconds, as `f64` bits; 0 until the first sample.
@@ -455,11 +456,16 @@ fn nanos_since_epoch(at: Instant) -> u64 {
 
 impl PeakEwma {
     fn new() -> Self {
-        let _ = epoch();
         PeakEwma {
             estimate_ns: AtomicU64::new(0f64.to_bits()),
-            updated_ns: AtomicU64::new(0),
+            updated_ns: AtomicU64::new(nanos_since_epoch(Instant::now())),
         }
+    }
+
+    /// How much of an estimate made at `updated_ns` is left at `now_ns`.
+    fn decay(&self, now_ns: u64) -> f64 {
+        let elapsed = now_ns.saturating_sub(self.updated_ns.load(Ordering::Relaxed)) as f64;
+        (-elapsed / DECAY_NS).exp()
     }
 
     fn observe(&self, latency: Duration, now: Instant) {
@@ -469,21 +475,23 @@ impl PeakEwma {
         let next = if previous == 0.0 || sample > previous {
             sample
         } else {
-            let elapsed = now_ns.saturating_sub(self.updated_ns.load(Ordering::Relaxed)) as f64;
-            let decay = (-elapsed / DECAY_NS).exp();
+            let decay = self.decay(now_ns);
             previous * decay + sample * (1.0 - decay)
         };
         self.estimate_ns.store(next.to_bits(), Ordering::Relaxed);
         self.updated_ns.store(now_ns, Ordering::Relaxed);
     }
 
-    fn estimate(&self, _now: Instant, default: Duration) -> Duration {
-        let estimate = f64::from_bits(self.estimate_ns.load(Ordering::Relaxed));
-        if estimate > 0.0 {
-            Duration::from_nanos(estimate as u64)
+    /// The estimate at `now`: the last one (or `default` before the first sample), decayed by
+    /// the time since.
+    fn estimate(&self, now: Instant, default: Duration) -> Duration {
+        let stored = f64::from_bits(self.estimate_ns.load(Ordering::Relaxed));
+        let base = if stored > 0.0 {
+            stored
         } else {
-            default
-        }
+            default.as_nanos() as f64
+        };
+        Duration::from_nanos((base * self.decay(nanos_since_epoch(now))) as u64)
     }
 }
 
@@ -588,27 +596,26 @@ mod tests {
     fn peak_ewma_jumps_up_and_decays_down() {
         let backend = Backend::new("http://127.0.0.1:1".parse().unwrap());
         let t0 = Instant::now();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let default = Duration::from_millis(30);
-        assert_eq!(backend.latency_estimate(t0, default), default);
+        assert!((ms(backend.latency_estimate(t0, default)) - 30.0).abs() < 0.1);
         backend.observe_latency(Duration::from_millis(10), t0);
-        assert_eq!(
-            backend.latency_estimate(t0, default),
-            Duration::from_millis(10)
-        );
+        assert!((ms(backend.latency_estimate(t0, default)) - 10.0).abs() < 0.01);
         // A slower sample is taken at once (peak).
-        backend.observe_latency(Duration::from_millis(500), t0 + Duration::from_millis(1));
-        assert_eq!(
-            backend.latency_estimate(t0, default),
-            Duration::from_millis(500)
-        );
+        let t1 = t0 + Duration::from_millis(1);
+        backend.observe_latency(Duration::from_millis(500), t1);
+        assert!((ms(backend.latency_estimate(t1, default)) - 500.0).abs() < 0.01);
         // Faster ones pull it down by the time that passed: after 10 s, 1/e of the old weight.
-        backend.observe_latency(
-            Duration::from_millis(10),
-            t0 + Duration::from_millis(10_001),
-        );
-        let after = backend.latency_estimate(t0, default).as_secs_f64() * 1000.0;
+        let t2 = t1 + Duration::from_secs(10);
+        backend.observe_latency(Duration::from_millis(10), t2);
         let expected = 500.0 / std::f64::consts::E + 10.0 * (1.0 - 1.0 / std::f64::consts::E);
-        assert!((after - expected).abs() < 1.0, "{after} vs {expected}");
+        assert!((ms(backend.latency_estimate(t2, default)) - expected).abs() < 0.5);
+        // With no answers, it decays towards zero, so an avoided backend gets tried again.
+        let later = ms(backend.latency_estimate(t2 + Duration::from_secs(20), default));
+        assert!(
+            (later - expected / std::f64::consts::E.powi(2)).abs() < 0.5,
+            "{later}"
+        );
     }
 
     #[test]

@@ -45,12 +45,18 @@ impl Limits {
 pub(crate) struct Admitted {
     in_flight: InFlight,
     limits: Option<Arc<Limits>>,
+    observes_latency: bool,
 }
 
 impl Admitted {
     /// The backend the request goes to.
     pub(crate) fn backend(&self) -> &Arc<Backend> {
         self.in_flight.backend()
+    }
+
+    /// True if the strategy that picked the backend wants its response latency reported.
+    pub(crate) fn observes_latency(&self) -> bool {
+        self.observes_latency
     }
 }
 
@@ -71,18 +77,21 @@ pub(crate) async fn admit(
     pool: &Pool,
     limits: Option<&Arc<Limits>>,
     tried: &[u64],
+    key: Option<u64>,
 ) -> Result<Option<Admitted>, ProxyError> {
     let Some(limits) = limits else {
-        return Ok(pool
-            .select(&Context::new().excluding(tried))
+        let snapshot = pool.load();
+        return Ok(snapshot
+            .select(&context(tried, key))
             .map(|backend| Admitted {
                 in_flight: backend.start_request(),
                 limits: None,
+                observes_latency: snapshot.strategy().uses_latency(),
             }));
     };
     // Requests already waiting go first.
     if limits.queued.load(Ordering::Acquire) == 0 {
-        match try_admit(pool, limits, tried) {
+        match try_admit(pool, limits, tried, key) {
             Attempt::Admitted(admitted) => return Ok(Some(admitted)),
             Attempt::NoneEligible => return Ok(None),
             Attempt::AllFull => {}
@@ -99,7 +108,7 @@ pub(crate) async fn admit(
         let freed = limits.freed.notified();
         let mut freed = std::pin::pin!(freed);
         freed.as_mut().enable();
-        match try_admit(pool, limits, tried) {
+        match try_admit(pool, limits, tried, key) {
             Attempt::Admitted(admitted) => return Ok(Some(admitted)),
             Attempt::NoneEligible => return Ok(None),
             Attempt::AllFull => {}
@@ -107,6 +116,14 @@ pub(crate) async fn admit(
         if tokio::time::timeout_at(deadline, freed).await.is_err() {
             return Err(ProxyError::Overloaded);
         }
+    }
+}
+
+fn context(tried: &[u64], key: Option<u64>) -> Context<'_> {
+    let ctx = Context::new().excluding(tried);
+    match key {
+        Some(key) => ctx.with_key(key),
+        None => ctx,
     }
 }
 
@@ -127,14 +144,15 @@ enum Attempt {
 
 /// The strategy's pick if it has room, else the next pick among the others, until one has room
 /// or every eligible backend has been found full.
-fn try_admit(pool: &Pool, limits: &Arc<Limits>, tried: &[u64]) -> Attempt {
+fn try_admit(pool: &Pool, limits: &Arc<Limits>, tried: &[u64], key: Option<u64>) -> Attempt {
     let snapshot = pool.load();
     let mut skip = tried.to_vec();
-    while let Some(backend) = snapshot.select(&Context::new().excluding(&skip)) {
+    while let Some(backend) = snapshot.select(&context(&skip, key)) {
         if let Some(in_flight) = backend.try_start_request(limits.max_in_flight) {
             return Attempt::Admitted(Admitted {
                 in_flight,
                 limits: Some(Arc::clone(limits)),
+                observes_latency: snapshot.strategy().uses_latency(),
             });
         }
         skip.push(backend.key());
@@ -162,19 +180,25 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn without_limits_it_is_the_strategys_pick() {
         let pool = pool(2);
-        let a = admit(&pool, None, &[]).await.unwrap().unwrap();
-        let b = admit(&pool, None, &[]).await.unwrap().unwrap();
+        let a = admit(&pool, None, &[], None).await.unwrap().unwrap();
+        let b = admit(&pool, None, &[], None).await.unwrap().unwrap();
         assert_ne!(a.backend().id(), b.backend().id());
         let both = [a.backend().key(), b.backend().key()];
-        assert!(admit(&pool, None, &both).await.unwrap().is_none());
+        assert!(admit(&pool, None, &both, None).await.unwrap().is_none());
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_full_backend_is_passed_over_then_the_queue_waits_for_a_slot() {
         let pool = pool(2);
         let limits = Arc::new(Limits::new(1, 10, Duration::from_secs(1)));
-        let a = admit(&pool, Some(&limits), &[]).await.unwrap().unwrap();
-        let b = admit(&pool, Some(&limits), &[]).await.unwrap().unwrap();
+        let a = admit(&pool, Some(&limits), &[], None)
+            .await
+            .unwrap()
+            .unwrap();
+        let b = admit(&pool, Some(&limits), &[], None)
+            .await
+            .unwrap()
+            .unwrap();
         assert_ne!(
             a.backend().id(),
             b.backend().id(),
@@ -187,7 +211,7 @@ mod tests {
             let pool = Arc::new(pool);
             let held = Arc::clone(&pool);
             async move {
-                let admitted = admit(&held, Some(&pool_limits), &[]).await;
+                let admitted = admit(&held, Some(&pool_limits), &[], None).await;
                 admitted.map(|a| a.map(|a| a.backend().id().to_owned()))
             }
         });
@@ -204,16 +228,23 @@ mod tests {
     async fn a_wait_past_the_queue_timeout_or_a_full_queue_is_overloaded() {
         let pool = Arc::new(pool(1));
         let limits = Arc::new(Limits::new(1, 1, Duration::from_millis(200)));
-        let _held = admit(&pool, Some(&limits), &[]).await.unwrap().unwrap();
+        let _held = admit(&pool, Some(&limits), &[], None)
+            .await
+            .unwrap()
+            .unwrap();
 
         let queued = tokio::spawn({
             let (pool, limits) = (Arc::clone(&pool), Arc::clone(&limits));
-            async move { admit(&pool, Some(&limits), &[]).await.map(|a| a.is_some()) }
+            async move {
+                admit(&pool, Some(&limits), &[], None)
+                    .await
+                    .map(|a| a.is_some())
+            }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         // The queue (of one) is taken: turned away at once.
         assert!(matches!(
-            admit(&pool, Some(&limits), &[]).await,
+            admit(&pool, Some(&limits), &[], None).await,
             Err(ProxyError::Overloaded)
         ));
         // The queued one gives up after the queue timeout.

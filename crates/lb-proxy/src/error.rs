@@ -63,6 +63,9 @@ pub enum ProxyError {
     /// The method is not one a reverse proxy forwards (`CONNECT`).
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// A hash key that is not one of `ip`, `header:NAME`, `cookie:NAME`, `query:NAME`, `path`.
+    #[error("invalid hash key {0:?}: use ip, header:NAME, cookie:NAME, query:NAME or path")]
+    InvalidHashKey(String),
     /// A setting the proxy was built with: the counter parameter name needs escaping.
     #[error("invalid request counter parameter {0:?}: use only letters, digits and - . _ ~")]
     InvalidCounterParam(String),
@@ -83,7 +86,9 @@ impl ProxyError {
             | ProxyError::UnexpectedUpgrade { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::InvalidCounterParam(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::InvalidCounterParam(_) | ProxyError::InvalidHashKey(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -108,7 +113,9 @@ impl ProxyError {
             | ProxyError::UnexpectedUpgrade { .. } => "bad gateway\n",
             ProxyError::BadRequest(why) => why,
             ProxyError::MethodNotAllowed => "method not allowed\n",
-            ProxyError::InvalidCounterParam(_) => "internal error\n",
+            ProxyError::InvalidCounterParam(_) | ProxyError::InvalidHashKey(_) => {
+                "internal error\n"
+            }
         }
     }
 }

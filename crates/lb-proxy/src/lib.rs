@@ -38,6 +38,7 @@ mod body;
 mod client_io;
 mod error;
 mod framing;
+mod hash_key;
 mod proxy;
 mod rewrite;
 mod server;
@@ -45,5 +46,6 @@ mod upstream;
 
 pub use body::ProxyBody;
 pub use error::ProxyError;
+pub use hash_key::HashKey;
 pub use proxy::{Proxy, ProxyBuilder, ProxyService};
 pub use server::{Server, bind_reuseport, serve};

@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::HashKey;
 use crate::ProxyError;
 use crate::admission::{self, Admitted, Limits};
 use crate::body::{ProxyBody, RequestBody};
@@ -42,6 +43,7 @@ pub struct ProxyBuilder {
     max_in_flight: Option<u64>,
     max_queued: usize,
     queue_timeout: Duration,
+    hash_key: Option<HashKey>,
 }
 
 impl ProxyBuilder {
@@ -101,6 +103,14 @@ impl ProxyBuilder {
         self
     }
 
+    /// The part of each request that strategies hashing requests to backends
+    /// ([`ConsistentHash`](lb_core::ConsistentHash)) use; default none (such strategies then send
+    /// requests round robin).
+    pub fn hash_key(mut self, key: Option<HashKey>) -> Self {
+        self.hash_key = key;
+        self
+    }
+
     /// Checks the settings and builds the proxy. Fails on a counter parameter name that would
     /// need escaping in a query string.
     pub fn build(self) -> Result<Proxy, ProxyError> {
@@ -124,6 +134,7 @@ impl ProxyBuilder {
                 limits: self
                     .max_in_flight
                     .map(|max| Arc::new(Limits::new(max, self.max_queued, self.queue_timeout))),
+                hash_key: self.hash_key.map(Arc::new),
                 tunnels: TaskTracker::new(),
                 close_tunnels: CancellationToken::new(),
             }),
@@ -150,6 +161,7 @@ struct Shared {
     retries: Option<usize>,
     /// The per-backend limit of requests in flight and its queue, shared by all workers.
     limits: Option<Arc<Limits>>,
+    hash_key: Option<Arc<HashKey>>,
     /// Upgraded connections (WebSocket) being tunnelled, and their stop signal.
     tunnels: TaskTracker,
     close_tunnels: CancellationToken,
@@ -169,6 +181,7 @@ impl Proxy {
             max_in_flight: None,
             max_queued: 128,
             queue_timeout: Duration::from_secs(1),
+            hash_key: None,
         }
     }
 
@@ -204,6 +217,7 @@ impl Proxy {
                 response_timeout: shared.response_timeout,
                 retries: shared.retries,
                 limits: shared.limits.clone(),
+                hash_key: shared.hash_key.clone(),
                 tunnels: TaskTracker::new(),
                 close_tunnels: CancellationToken::new(),
             }),
@@ -252,7 +266,10 @@ impl Proxy {
         // The rewriting is synchronous, so that no future below holds the client's request
         // as well as the rewritten one: the request future is copied into a box per request.
         let forwarded = match self.prepare(request, n, client_ip) {
-            Ok(prepared) => match self.dispatch(prepared.request, prepared.body_sent).await {
+            Ok(prepared) => match self
+                .dispatch(prepared.request, prepared.body_sent, prepared.key)
+                .await
+            {
                 Ok(exchanged) => self.finish(exchanged, prepared.client_upgrade),
                 Err(error) => Err(error),
             },
@@ -283,6 +300,12 @@ impl Proxy {
             return Err(ProxyError::BadRequest("missing Host header\n"));
         }
         let (mut parts, body) = request.into_parts();
+        // The key is read from the request as the client sent it.
+        let key = self
+            .shared
+            .hash_key
+            .as_deref()
+            .and_then(|key| key.hash(&parts, client_ip));
         let upgrade = rewrite::is_upgrade_request(parts.version, &parts.headers);
         let client_upgrade = if upgrade {
             parts.extensions.remove::<OnUpgrade>()
@@ -299,6 +322,7 @@ impl Proxy {
             request: Request::from_parts(parts, body),
             body_sent,
             client_upgrade,
+            key,
         })
     }
 
@@ -333,13 +357,14 @@ impl Proxy {
         &self,
         mut request: Request<RequestBody>,
         mut body_sent: Option<oneshot::Receiver<()>>,
+        key: Option<u64>,
     ) -> Result<(Response<Incoming>, Conn, Admitted), ProxyError> {
         let shared = &self.shared;
         let mut tried: Vec<u64> = Vec::new();
         let mut last_error = None;
         'backends: while shared.retries.is_none_or(|r| tried.len() <= r) {
             let Some(admitted) =
-                admission::admit(&shared.pool, shared.limits.as_ref(), &tried).await?
+                admission::admit(&shared.pool, shared.limits.as_ref(), &tried, key).await?
             else {
                 break;
             };
@@ -354,8 +379,16 @@ impl Proxy {
                 }
             };
             loop {
+                // Latency-aware strategies get each response's time to headers.
+                let sent_at = admitted.observes_latency().then(std::time::Instant::now);
                 let mut error = match self.exchange(&mut conn, request, &mut body_sent).await {
-                    Some(Ok(response)) => return Ok((response, conn, admitted)),
+                    Some(Ok(response)) => {
+                        if let Some(sent_at) = sent_at {
+                            let now = std::time::Instant::now();
+                            backend.observe_latency(now - sent_at, now);
+                        }
+                        return Ok((response, conn, admitted));
+                    }
                     Some(Err(error)) => error,
                     None => {
                         return Err(ProxyError::ResponseTimeout {
@@ -431,6 +464,7 @@ struct Prepared {
     request: Request<RequestBody>,
     body_sent: Option<oneshot::Receiver<()>>,
     client_upgrade: Option<OnUpgrade>,
+    key: Option<u64>,
 }
 
 /// The proxy as a hyper service for one client connection (it knows the client's address).

@@ -78,6 +78,26 @@ pub trait Strategy: Send + Sync + fmt::Debug + 'static {
     }
 }
 
+/// A boxed strategy is a strategy: lets a program choose one at run time (by name, from its
+/// configuration) and hand it to [`Pool::new`](crate::Pool::new).
+impl<S: Strategy + ?Sized> Strategy for Box<S> {
+    fn pick(&self, snapshot: &Snapshot, ctx: &Context<'_>) -> Option<usize> {
+        (**self).pick(snapshot, ctx)
+    }
+
+    fn prepare(
+        &self,
+        backends: &[Arc<Backend>],
+        eligible: &[usize],
+    ) -> Option<Box<dyn Any + Send + Sync>> {
+        (**self).prepare(backends, eligible)
+    }
+
+    fn uses_latency(&self) -> bool {
+        (**self).uses_latency()
+    }
+}
+
 /// What a strategy may know about the request it picks for.
 ///
 /// Kept free of HTTP types so that `lb-core` stays independent of any HTTP library: the proxy
