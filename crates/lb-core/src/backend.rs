@@ -4,30 +4,39 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use url::{Host, Url};
 
 use crate::Error;
 
-/// Whether a backend may be given new requests.
+/// Whether a backend may be given new requests, and if not, why.
 ///
 /// Stored in one atomic byte per backend; the pool's snapshot copies it into its list of eligible
-/// backends whenever it changes, so the request path never reads it separately.
+/// backends whenever it changes, so the request path never reads it separately. Only `Healthy`
+/// takes new requests (unless the pool fails open, see [`Pool::set_fail_open`]).
+///
+/// [`Pool::set_fail_open`]: crate::Pool::set_fail_open
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Health {
     /// Takes traffic. Every backend starts here, so a pool without a health checker serves.
     Healthy = 0,
-    /// Takes no traffic until it is marked healthy again.
+    /// Failed its active health checks; takes no traffic until they pass again.
     Unhealthy = 1,
+    /// Taken out by passive health (outlier detection): too many failures in live traffic.
+    Ejected = 2,
+    /// Taken out by an operator: no new requests, those in flight finish.
+    Draining = 3,
 }
 
 impl Health {
     fn from_u8(v: u8) -> Self {
         match v {
             0 => Health::Healthy,
+            2 => Health::Ejected,
+            3 => Health::Draining,
             _ => Health::Unhealthy,
         }
     }
@@ -43,6 +52,8 @@ impl fmt::Display for Health {
         f.write_str(match self {
             Health::Healthy => "healthy",
             Health::Unhealthy => "unhealthy",
+            Health::Ejected => "ejected",
+            Health::Draining => "draining",
         })
     }
 }
@@ -282,6 +293,9 @@ impl fmt::Display for BackendSpec {
     }
 }
 
+/// [`Backend::weight_scale`] of a backend at its full weight.
+pub const FULL_WEIGHT: u32 = 1000;
+
 /// A live backend: its description plus the atomics the request path and the health checker share.
 ///
 /// A `Backend` lives in an `Arc` owned by the [`Pool`](crate::Pool); snapshots share it, so its
@@ -290,6 +304,10 @@ pub struct Backend {
     key: u64,
     in_flight: AtomicU64,
     health: AtomicU8,
+    /// Failures in a row seen in live traffic (passive health's input).
+    failure_streak: AtomicU32,
+    /// Share of the weight in force, in thousandths: below 1000 while slow start ramps it up.
+    weight_scale: AtomicU32,
     /// Requests in flight to every backend of the pool this one belongs to.
     total_in_flight: Arc<AtomicU64>,
     latency: PeakEwma,
@@ -310,6 +328,8 @@ impl Backend {
             key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
             in_flight: AtomicU64::new(0),
             health: AtomicU8::new(Health::Healthy as u8),
+            failure_streak: AtomicU32::new(0),
+            weight_scale: AtomicU32::new(FULL_WEIGHT),
             total_in_flight,
             latency: PeakEwma::new(),
             spec,
@@ -340,6 +360,41 @@ impl Backend {
     /// The relative share of traffic for weighted strategies.
     pub fn weight(&self) -> u32 {
         self.spec.weight()
+    }
+
+    /// The weight strategies use now, in thousandths of a weight unit: [`weight`](Self::weight)
+    /// × 1000, less while slow start ramps a backend that just recovered back up.
+    pub fn effective_weight(&self) -> u64 {
+        u64::from(self.weight()) * u64::from(self.weight_scale.load(Ordering::Relaxed))
+    }
+
+    /// The share of its weight a backend has now, in thousandths (1000 = all of it).
+    pub fn weight_scale(&self) -> u32 {
+        self.weight_scale.load(Ordering::Relaxed)
+    }
+
+    /// Stores a new weight scale; only the pool calls this, then publishes a snapshot.
+    pub(crate) fn store_weight_scale(&self, thousandths: u32) -> u32 {
+        self.weight_scale
+            .swap(thousandths.clamp(1, FULL_WEIGHT), Ordering::Relaxed)
+    }
+
+    /// Records a request that went well, ending any failure streak. Reads before it writes, so
+    /// a healthy backend's cache line is not written on every request.
+    pub fn record_success(&self) {
+        if self.failure_streak.load(Ordering::Relaxed) != 0 {
+            self.failure_streak.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Records a failed request; returns how many failed in a row, this one included.
+    pub fn record_failure(&self) -> u32 {
+        self.failure_streak.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Failures in a row in live traffic.
+    pub fn failure_streak(&self) -> u32 {
+        self.failure_streak.load(Ordering::Relaxed)
     }
 
     /// The protocol spoken to this backend.
@@ -393,7 +448,9 @@ impl Backend {
         self.latency.observe(latency, now);
     }
 
-    /// The peak-EWMA latency estimate at `now`; `default` before any response was observed.
+    /// The peak-EWMA latency estimate at `now`, decayed by the time since the last response (or,
+    /// before the first one, `default` decayed by the time since the backend was created), so a
+    /// backend that gets no traffic looks better and better until it is tried again.
     pub fn latency_estimate(&self, now: Instant, default: Duration) -> Duration {
         self.latency.estimate(now, default)
     }

@@ -26,11 +26,13 @@
 
 mod backend;
 mod error;
+mod outcome;
 mod pool;
 pub mod strategy;
 
-pub use backend::{Address, Backend, BackendSpec, Health, InFlight, Protocol};
+pub use backend::{Address, Backend, BackendSpec, FULL_WEIGHT, Health, InFlight, Protocol};
 pub use error::Error;
+pub use outcome::{Observer, Outcome};
 pub use pool::{Pool, Snapshot};
 pub use strategy::{
     ConsistentHash, Context, LeastConnections, Load, PowerOfTwo, Random, RoundRobin, Strategy,

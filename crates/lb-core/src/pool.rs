@@ -4,7 +4,7 @@ use std::any::Any;
 use std::collections::HashSet;
 use std::fmt;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
@@ -22,27 +22,46 @@ pub struct Snapshot {
     generation: u64,
     backends: Vec<Arc<Backend>>,
     eligible: Vec<usize>,
+    /// No backend was healthy, and the pool fails open: `eligible` holds every backend not
+    /// draining.
+    failing_open: bool,
     strategy: Arc<dyn Strategy>,
     /// What the strategy built for this set of eligible backends (tables, sequences).
     prepared: Option<Box<dyn Any + Send + Sync>>,
 }
 
 impl Snapshot {
-    fn build(generation: u64, backends: Vec<Arc<Backend>>, strategy: Arc<dyn Strategy>) -> Self {
-        let eligible: Vec<usize> = backends
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| b.health().is_eligible())
-            .map(|(i, _)| i)
-            .collect();
+    fn build(
+        generation: u64,
+        backends: Vec<Arc<Backend>>,
+        strategy: Arc<dyn Strategy>,
+        fail_open: bool,
+    ) -> Self {
+        let indices_where = |keep: fn(Health) -> bool| -> Vec<usize> {
+            (0..backends.len())
+                .filter(|&i| keep(backends[i].health()))
+                .collect()
+        };
+        let mut eligible = indices_where(Health::is_eligible);
+        let failing_open = fail_open && eligible.is_empty();
+        if failing_open {
+            eligible = indices_where(|h| h != Health::Draining);
+        }
         let prepared = strategy.prepare(&backends, &eligible);
         Snapshot {
             generation,
             backends,
             eligible,
+            failing_open,
             strategy,
             prepared,
         }
+    }
+
+    /// True when no backend is healthy and the pool fails open, so requests go to every backend
+    /// that is not draining.
+    pub fn failing_open(&self) -> bool {
+        self.failing_open
     }
 
     /// What this snapshot's strategy built in [`Strategy::prepare`], if it is a `T`.
@@ -83,6 +102,7 @@ impl fmt::Debug for Snapshot {
             .field("generation", &self.generation)
             .field("backends", &self.backends)
             .field("eligible", &self.eligible)
+            .field("failing_open", &self.failing_open)
             .field("strategy", &self.strategy)
             .finish()
     }
@@ -112,6 +132,7 @@ pub struct Pool {
     writer: Mutex<()>,
     /// Requests in flight to all backends, kept by every backend of the pool.
     total_in_flight: Arc<AtomicU64>,
+    fail_open: AtomicBool,
 }
 
 impl Pool {
@@ -128,9 +149,10 @@ impl Pool {
                 .collect(),
         )?;
         Ok(Pool {
-            current: ArcSwap::from_pointee(Snapshot::build(0, backends, Arc::new(strategy))),
+            current: ArcSwap::from_pointee(Snapshot::build(0, backends, Arc::new(strategy), false)),
             writer: Mutex::new(()),
             total_in_flight,
+            fail_open: AtomicBool::new(false),
         })
     }
 
@@ -159,8 +181,8 @@ impl Pool {
             .cloned()
     }
 
-    /// Sets a backend's health. When that changes whether it may take traffic, a new snapshot is
-    /// published before this returns. Returns the previous state if it changed, `None` if the
+    /// Sets a backend's health. When that changes it, a new snapshot is published before this
+    /// returns. Returns the previous state if it changed, `None` if the
     /// backend already was in that state or is no longer in the pool.
     pub fn set_health(&self, backend: &Backend, health: Health) -> Option<Health> {
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
@@ -172,14 +194,99 @@ impl Pool {
         if previous == health {
             return None;
         }
-        if previous.is_eligible() != health.is_eligible() {
-            self.publish(
-                &current,
-                current.backends.clone(),
-                Arc::clone(&current.strategy),
-            );
-        }
+        // Every change is published, not only those of eligibility: when the pool fails open,
+        // a draining backend leaves the list even though it was not eligible before either.
+        self.publish(
+            &current,
+            current.backends.clone(),
+            Arc::clone(&current.strategy),
+        );
         Some(previous)
+    }
+
+    /// Sets the health of many backends and publishes one snapshot for all of the changes (a
+    /// round of probes, a reload), rather than one per backend. Returns how many changed;
+    /// backends not in the pool are ignored.
+    pub fn set_health_many<'a>(
+        &self,
+        changes: impl IntoIterator<Item = (&'a Backend, Health)>,
+    ) -> usize {
+        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = self.current.load();
+        let keys: HashSet<u64> = current.backends.iter().map(|b| b.key()).collect();
+        let changed = changes
+            .into_iter()
+            .filter(|(b, health)| keys.contains(&b.key()) && b.store_health(*health) != *health)
+            .count();
+        if changed > 0 {
+            self.republish();
+        }
+        changed
+    }
+
+    /// When every backend is out (unhealthy, ejected), send requests to all of them that are
+    /// not draining rather than answer 503 (Envoy's panic threshold at 100 %, sozu's fail-open).
+    /// Off by default. Publishes a new snapshot at once.
+    pub fn set_fail_open(&self, fail_open: bool) {
+        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.fail_open.swap(fail_open, Ordering::Relaxed) != fail_open {
+            self.republish();
+        }
+    }
+
+    /// Sets the share of its weight a backend gets, in thousandths (slow start ramps it from a
+    /// tenth up to 1000) and publishes a new snapshot, since weighted strategies precompute
+    /// their tables per snapshot. Returns false if the backend is not in the pool.
+    pub fn set_weight_scale(&self, backend: &Backend, thousandths: u32) -> bool {
+        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        if !self
+            .current
+            .load()
+            .backends
+            .iter()
+            .any(|b| b.key() == backend.key())
+        {
+            return false;
+        }
+        if backend.store_weight_scale(thousandths) != thousandths {
+            self.republish();
+        }
+        true
+    }
+
+    /// Adds a backend (healthy, full weight). Fails if one with the same `host:port` is there.
+    pub fn add(&self, spec: BackendSpec) -> Result<Arc<Backend>, Error> {
+        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = self.current.load();
+        let backend = Arc::new(Backend::in_group(spec, Arc::clone(&self.total_in_flight)));
+        let mut backends = current.backends.clone();
+        backends.push(Arc::clone(&backend));
+        let backends = unique(backends)?;
+        self.publish(&current, backends, Arc::clone(&current.strategy));
+        Ok(backend)
+    }
+
+    /// Takes the backend with this `host:port` out of the pool: new snapshots no longer hold
+    /// it, and requests in flight to it finish (they hold their own reference). Drain it first
+    /// to be sure no new request starts meanwhile. Returns it, or `None` if it was not there.
+    pub fn remove(&self, id: &str) -> Option<Arc<Backend>> {
+        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = self.current.load();
+        let position = current.backends.iter().position(|b| b.id() == id)?;
+        let mut backends = current.backends.clone();
+        let removed = backends.remove(position);
+        self.publish(&current, backends, Arc::clone(&current.strategy));
+        Some(removed)
+    }
+
+    /// Publishes the current backends again (under the writer lock).
+    fn republish(&self) {
+        let current = self.current.load();
+        self.publish(
+            &current,
+            current.backends.clone(),
+            Arc::clone(&current.strategy),
+        );
     }
 
     fn publish(
@@ -188,7 +295,12 @@ impl Pool {
         backends: Vec<Arc<Backend>>,
         strategy: Arc<dyn Strategy>,
     ) {
-        let next = Snapshot::build(current.generation + 1, backends, strategy);
+        let next = Snapshot::build(
+            current.generation + 1,
+            backends,
+            strategy,
+            self.fail_open.load(Ordering::Relaxed),
+        );
         self.current.store(Arc::new(next));
     }
 }

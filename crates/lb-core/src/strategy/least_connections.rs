@@ -5,7 +5,7 @@ use crate::pool::Snapshot;
 
 /// The eligible backend with the fewest requests in flight for its weight.
 ///
-/// How it picks: scans the eligible backends for the lowest `in_flight / weight` (compared by
+/// How it picks: scans the eligible backends for the lowest `(in_flight + 1) / weight` (compared by
 /// cross-multiplying, no division), starting from a position that advances by one per pick, so
 /// that equal backends are picked in turn: with no request in flight it is exactly round robin.
 /// HAProxy's `leastconn` and nginx's `least_conn` pick the same way.
@@ -42,7 +42,9 @@ impl Strategy for LeastConnections {
             if ctx.is_excluded(backend) {
                 continue;
             }
-            let (load, weight) = (backend.in_flight(), u64::from(backend.weight()));
+            // Counting the request about to start (+ 1) lets weights, and slow start's ramp, matter
+            // even when nothing is in flight (Envoy's least-request does the same).
+            let (load, weight) = (backend.in_flight() + 1, backend.effective_weight());
             match best {
                 // load / weight < best_load / best_weight
                 Some((_, best_load, best_weight))

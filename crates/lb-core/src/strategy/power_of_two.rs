@@ -8,7 +8,7 @@ use crate::pool::Snapshot;
 /// How [`PowerOfTwo`] measures a backend's load.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Load {
-    /// Requests in flight, divided by the weight.
+    /// Requests in flight (+ 1, the one about to start), divided by the weight.
     InFlight,
     /// Peak-EWMA latency times (requests in flight + 1), divided by the weight: the estimator of
     /// linkerd and tower's `PeakEwma`. A backend that turns slow is avoided after its first slow
@@ -64,9 +64,10 @@ impl PowerOfTwo {
 
     fn cost(&self, backend: &Backend, ctx: &Context<'_>) -> f64 {
         let pending = backend.in_flight() as f64;
-        let weight = f64::from(backend.weight());
+        let weight = backend.effective_weight() as f64;
         match self.load {
-            Load::InFlight => pending / weight,
+            // + 1: the request about to start, so that weights count even with nothing in flight.
+            Load::InFlight => (pending + 1.0) / weight,
             Load::PeakEwma { default_rtt } => {
                 let rtt = backend.latency_estimate(ctx.now(), default_rtt).as_nanos() as f64;
                 rtt * (pending + 1.0) / weight

@@ -82,15 +82,18 @@ impl Strategy for Random {
         backends: &[Arc<Backend>],
         eligible: &[usize],
     ) -> Option<Box<dyn Any + Send + Sync>> {
-        let first = eligible.first().map(|&i| backends[i].weight())?;
-        if eligible.iter().all(|&i| backends[i].weight() == first) {
+        let first = eligible.first().map(|&i| backends[i].effective_weight())?;
+        if eligible
+            .iter()
+            .all(|&i| backends[i].effective_weight() == first)
+        {
             return None;
         }
         let mut end = 0;
         let ends = eligible
             .iter()
             .map(|&i| {
-                end += u64::from(backends[i].weight());
+                end += backends[i].effective_weight();
                 end
             })
             .collect();

@@ -18,7 +18,9 @@ const MAX_CYCLE: u64 = 1 << 20;
 ///
 /// Cost per pick: the cycle is computed once per snapshot (when health or the backend set
 /// changes, not per request) into a table; a pick is one `fetch_add` and an index, at any pool
-/// size. With all weights equal it is plain round robin.
+/// size. With all weights equal it is plain round robin, and the table takes O(n) to build;
+/// with unequal weights, O(n × cycle length) (nginx's algorithm scans every backend per step),
+/// which is milliseconds for hundreds of backends but grows quadratically beyond.
 ///
 /// Reads: the snapshot's eligible backends and their weights.
 #[derive(Debug, Default)]
@@ -57,7 +59,7 @@ impl Strategy for WeightedRoundRobin {
     ) -> Option<Box<dyn Any + Send + Sync>> {
         let weights: Vec<u64> = eligible
             .iter()
-            .map(|&i| u64::from(backends[i].weight()))
+            .map(|&i| backends[i].effective_weight())
             .collect();
         Some(Box::new(Cycle(smooth_cycle(eligible, &weights))))
     }
@@ -65,6 +67,10 @@ impl Strategy for WeightedRoundRobin {
 
 /// nginx's smooth weighted round robin, run for one full cycle.
 fn smooth_cycle(eligible: &[usize], weights: &[u64]) -> Vec<u32> {
+    // Equal weights make the cycle the eligible backends in order: O(n), not O(n²).
+    if weights.windows(2).all(|w| w[0] == w[1]) {
+        return eligible.iter().map(|&i| i as u32).collect();
+    }
     let divisor = weights.iter().copied().fold(0, gcd).max(1);
     let mut weights: Vec<u64> = weights.iter().map(|w| w / divisor).collect();
     let total: u64 = weights.iter().sum();
