@@ -1,4 +1,4 @@
-//! Cost of one pick.
+//! Cost of one pick, and of building a Maglev table.
 //!
 //! - `select/<strategy>/backends=N/healthy=P%/threads=T`: the strategy's pick on a snapshot,
 //!   which is what a strategy costs.
@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use lb_benches::pool;
-use lb_core::{Context, Pool, RoundRobin};
+use lb_core::{
+    ConsistentHash, Context, LeastConnections, Load, Pool, PowerOfTwo, Random, RoundRobin,
+    Strategy, WeightedRoundRobin,
+};
 
 /// Pool sizes measured.
 const SIZES: [usize; 3] = [3, 100, 10_000];
@@ -25,14 +28,41 @@ const SIZES: [usize; 3] = [3, 100, 10_000];
 type Build = fn(usize, bool) -> Pool;
 
 /// Every strategy under test, by the name it has in benchmark ids.
-const STRATEGIES: [(&str, Build); 1] =
-    [("round_robin", |n, half| pool(n, half, RoundRobin::new()))];
+const STRATEGIES: [(&str, Build); 8] = [
+    ("round_robin", |n, half| pool(n, half, RoundRobin::new())),
+    ("weighted_round_robin", |n, half| {
+        pool(n, half, WeightedRoundRobin::new())
+    }),
+    ("least_connections", |n, half| {
+        pool(n, half, LeastConnections::new())
+    }),
+    ("power_of_two", |n, half| {
+        pool(n, half, PowerOfTwo::from_seed(1))
+    }),
+    ("power_of_two_peak_ewma", |n, half| {
+        pool(
+            n,
+            half,
+            PowerOfTwo::from_seed(1).with_load(Load::PeakEwma {
+                default_rtt: Duration::from_millis(30),
+            }),
+        )
+    }),
+    ("random", |n, half| pool(n, half, Random::from_seed(1))),
+    ("consistent_hash", |n, half| {
+        pool(n, half, ConsistentHash::new())
+    }),
+    ("consistent_hash_bounded", |n, half| {
+        pool(n, half, ConsistentHash::new().with_bounded_load(Some(1.25)))
+    }),
+];
 
-/// Picks `iters` times on one snapshot: the strategy's own cost.
+/// Picks `iters` times on one snapshot: the strategy's own cost. Every pick carries a different
+/// request key (strategies that do not hash ignore it).
 fn pick_n(pool: &Pool, iters: u64) {
     let snapshot = pool.load();
-    let ctx = Context::new();
-    for _ in 0..iters {
+    for i in 0..iters {
+        let ctx = Context::new().with_key(i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         black_box(snapshot.select(black_box(&ctx)));
     }
 }
@@ -113,5 +143,22 @@ fn bench_select(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_select);
+/// Building a Maglev table, which happens once per snapshot (health change, reload).
+fn bench_maglev_build(c: &mut Criterion) {
+    let mut group = c.benchmark_group("maglev_build");
+    group.measurement_time(Duration::from_secs(3));
+    for n in [100, 1000] {
+        let pool = pool(n, false, ConsistentHash::new());
+        let snapshot = pool.load();
+        let backends = snapshot.backends().to_vec();
+        let eligible = snapshot.eligible().to_vec();
+        let strategy = ConsistentHash::new();
+        group.bench_function(format!("backends={n}"), |b| {
+            b.iter(|| black_box(strategy.prepare(black_box(&backends), black_box(&eligible))))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_select, bench_maglev_build);
 criterion_main!(benches);

@@ -11,9 +11,14 @@ pub fn pool(n: usize, half_unhealthy: bool, strategy: impl Strategy) -> Pool {
     });
     let pool = Pool::new(specs, strategy).expect("distinct backends");
     if half_unhealthy {
-        for backend in pool.load().backends().iter().step_by(2) {
-            pool.set_health(backend, Health::Unhealthy);
-        }
+        let snapshot = pool.load();
+        pool.set_health_many(
+            snapshot
+                .backends()
+                .iter()
+                .step_by(2)
+                .map(|b| (&**b, Health::Unhealthy)),
+        );
     }
     pool
 }
