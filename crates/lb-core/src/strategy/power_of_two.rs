@@ -1,4 +1,4 @@
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::rng::SplitMix;
 use super::{Context, Strategy};
@@ -62,14 +62,16 @@ impl PowerOfTwo {
         self
     }
 
-    fn cost(&self, backend: &Backend, ctx: &Context<'_>) -> f64 {
+    /// The load of `backend`; `now` is read once per pick, and only for peak EWMA.
+    fn cost(&self, backend: &Backend, now: Option<Instant>) -> f64 {
         let pending = backend.in_flight() as f64;
         let weight = backend.effective_weight() as f64;
         match self.load {
             // + 1: the request about to start, so that weights count even with nothing in flight.
             Load::InFlight => (pending + 1.0) / weight,
             Load::PeakEwma { default_rtt } => {
-                let rtt = backend.latency_estimate(ctx.now(), default_rtt).as_nanos() as f64;
+                let now = now.unwrap_or_else(Instant::now);
+                let rtt = backend.latency_estimate(now, default_rtt).as_nanos() as f64;
                 rtt * (pending + 1.0) / weight
             }
         }
@@ -99,9 +101,10 @@ impl Strategy for PowerOfTwo {
             b += 1;
         }
         let (a, b) = (eligible[a], eligible[b]);
+        let now = self.uses_latency().then(|| ctx.now());
         match (ctx.is_excluded(&backends[a]), ctx.is_excluded(&backends[b])) {
             (false, false) => Some(
-                if self.cost(&backends[b], ctx) < self.cost(&backends[a], ctx) {
+                if self.cost(&backends[b], now) < self.cost(&backends[a], now) {
                     b
                 } else {
                     a
@@ -115,8 +118,8 @@ impl Strategy for PowerOfTwo {
                 .copied()
                 .filter(|&i| !ctx.is_excluded(&backends[i]))
                 .min_by(|&x, &y| {
-                    self.cost(&backends[x], ctx)
-                        .total_cmp(&self.cost(&backends[y], ctx))
+                    self.cost(&backends[x], now)
+                        .total_cmp(&self.cost(&backends[y], now))
                 }),
         }
     }
