@@ -14,11 +14,11 @@ use std::time::Duration;
 use clap::Parser;
 use lb_backend::TestBackend;
 use lb_core::{
-    ConsistentHash, LeastConnections, Load, Pool, PowerOfTwo, Random, RoundRobin, Strategy,
-    WeightedRoundRobin,
+    ConsistentHash, Health, LeastConnections, Load, Observer, Pool, PowerOfTwo, Random, RoundRobin,
+    Strategy, WeightedRoundRobin,
 };
-use lb_health::{Checker, HttpProbe};
-use lb_proxy::{Proxy, Server};
+use lb_health::{Checker, HttpProbe, Policy, TcpProbe};
+use lb_proxy::{Proxy, RetryBudget, Server};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
@@ -26,7 +26,7 @@ use tracing::Level;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 
-use crate::settings::{Args, LoadName, Settings, StrategyName};
+use crate::settings::{Args, LoadName, ProbeKind, Settings, StrategyName};
 use crate::workers::Workers;
 
 /// Exit code for a bad flag or config (as clap uses).
@@ -79,13 +79,28 @@ fn main() -> ExitCode {
         Ok(pool) => Arc::new(pool),
         Err(e) => return fail(USAGE, &e.to_string()),
     };
-    let probe = match HttpProbe::new(&settings.health_path) {
-        Ok(probe) => probe,
-        Err(e) => return fail(USAGE, &e.to_string()),
-    };
-    let checker = Checker::new(Arc::clone(&pool), probe)
-        .with_interval(settings.health_interval)
-        .with_timeout(settings.health_timeout);
+    pool.set_fail_open(settings.fail_open);
+    let checker = match settings.health_probe {
+        ProbeKind::Http => match HttpProbe::new(&settings.health_path) {
+            Ok(probe) => {
+                let (low, high) = settings.health_status;
+                Checker::new(Arc::clone(&pool), probe.with_expected_status(low..=high))
+            }
+            Err(e) => return fail(USAGE, &e.to_string()),
+        },
+        ProbeKind::Tcp => Checker::new(Arc::clone(&pool), TcpProbe),
+    }
+    .with_interval(settings.health_interval)
+    .with_timeout(settings.health_timeout)
+    .with_policy(Policy {
+        rise: settings.health_rise,
+        fall: settings.health_fall,
+        eject_after: settings.eject_after,
+        ejection: settings.eject_time,
+        max_ejection: settings.eject_time.saturating_mul(10),
+        max_ejected_percent: settings.max_ejected_percent,
+        slow_start: settings.slow_start,
+    });
     let proxy = match Proxy::builder(Arc::clone(&pool))
         .counter_param(settings.request_counter_param.as_deref())
         .connect_timeout(settings.connect_timeout)
@@ -95,6 +110,13 @@ fn main() -> ExitCode {
         .hash_key(
             (settings.strategy == StrategyName::ConsistentHash).then(|| settings.hash_key.clone()),
         )
+        .observer(
+            (settings.eject_after > 0).then(|| Arc::new(checker.clone()) as Arc<dyn Observer>),
+        )
+        .retry_budget(Some(RetryBudget {
+            percent: settings.retry_budget,
+            ..RetryBudget::default()
+        }))
         .build()
     {
         Ok(proxy) => proxy,
@@ -127,13 +149,21 @@ fn main() -> ExitCode {
             backends = pool.load().backends().len(),
             workers = settings.workers,
             strategy = %settings.strategy,
-            health = %format!("GET {} every {:?}", settings.health_path, settings.health_interval),
+            health = %health_summary(&settings),
             "starting"
         );
         checker.check_all().await;
-        for backend in pool.load().backends() {
-            tracing::info!(backend = backend.id(), health = %backend.health(), "initial state");
-        }
+        // One log line per health transition, starting with every backend's initial state.
+        let mut events = checker.subscribe();
+        tokio::spawn(async move {
+            while let Some(transition) = events.recv().await {
+                if transition.to == Health::Healthy {
+                    tracing::info!("{transition}");
+                } else {
+                    tracing::warn!("{transition}");
+                }
+            }
+        });
         let (stop, stopped) = watch::channel(());
         let health = tokio::spawn(checker.run(closed(stopped.clone())));
         if let Some(admin) = admin {
@@ -171,6 +201,29 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(1, &e.to_string()),
     }
+}
+
+/// How backends are checked, for the start-up line.
+fn health_summary(settings: &Settings) -> String {
+    let probe = match settings.health_probe {
+        ProbeKind::Http => format!("GET {}", settings.health_path),
+        ProbeKind::Tcp => "TCP connect".to_owned(),
+    };
+    let passive = match settings.eject_after {
+        0 => "passive off".to_owned(),
+        n => format!("eject after {n} failures"),
+    };
+    format!(
+        "{probe} every {:?}, rise {} fall {}, {passive}{}",
+        settings.health_interval,
+        settings.health_rise,
+        settings.health_fall,
+        if settings.fail_open {
+            ", fail-open"
+        } else {
+            ""
+        }
+    )
 }
 
 /// The strategy the settings name, seeded if a seed was given.

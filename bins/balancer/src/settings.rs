@@ -38,6 +38,16 @@ pub(crate) enum LoadName {
     PeakEwma,
 }
 
+/// How backends are probed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum ProbeKind {
+    /// GET the health path; an expected status is healthy.
+    Http,
+    /// A TCP connection opens.
+    Tcp,
+}
+
 impl fmt::Display for StrategyName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.to_possible_value() {
@@ -82,6 +92,43 @@ pub(crate) struct Args {
     /// Path probed on every backend [default: /health].
     #[arg(long, value_name = "PATH")]
     health_path: Option<String>,
+    /// How backends are probed: http (GET the health path) or tcp (a connection opens)
+    /// [default: http].
+    #[arg(long, value_name = "KIND", value_enum)]
+    health_probe: Option<ProbeKind>,
+    /// Statuses that mean healthy to the http probe: one code (200) or a range (200-399)
+    /// [default: 200-299].
+    #[arg(long, value_name = "RANGE", value_parser = parse_status_range)]
+    health_status: Option<(u16, u16)>,
+    /// Passing probes in a row that bring an unhealthy backend back [default: 1].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    health_rise: Option<u32>,
+    /// Failing probes in a row that take a healthy backend out [default: 1].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    health_fall: Option<u32>,
+    /// Failures in a row in live traffic (connect failures, resets, timeouts, 5xx answers) that
+    /// eject a backend; 0 turns passive health off [default: 5].
+    #[arg(long, value_name = "N")]
+    eject_after: Option<u32>,
+    /// How long a first ejection lasts; each one soon after doubles it, up to ten times
+    /// [default: 30s].
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
+    eject_time: Option<Duration>,
+    /// Most backends ejected at once, in percent of the pool (one always may be) [default: 50].
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(0..=100))]
+    max_ejected_percent: Option<u8>,
+    /// A backend that recovers gets a tenth of its weight, growing to all of it over this long
+    /// (weighted strategies) [default: off].
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
+    slow_start: Option<Duration>,
+    /// When no backend is healthy, send requests to every backend not draining rather than
+    /// answer 503.
+    #[arg(long)]
+    fail_open: bool,
+    /// Retries to another backend, in percent of requests (plus 10 a second per worker);
+    /// beyond it a failed request is not retried [default: 20].
+    #[arg(long, value_name = "PERCENT", value_parser = parse_percent)]
+    retry_budget: Option<f32>,
     /// Time between two probes of a backend [default: 1s].
     #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
     health_interval: Option<Duration>,
@@ -148,6 +195,19 @@ struct File {
     hash_bounded_load: Option<f64>,
     seed: Option<u64>,
     health_path: Option<String>,
+    health_probe: Option<ProbeKind>,
+    #[serde(default, deserialize_with = "status_range")]
+    health_status: Option<(u16, u16)>,
+    health_rise: Option<u32>,
+    health_fall: Option<u32>,
+    eject_after: Option<u32>,
+    #[serde(default, deserialize_with = "duration")]
+    eject_time: Option<Duration>,
+    max_ejected_percent: Option<u8>,
+    #[serde(default, deserialize_with = "duration")]
+    slow_start: Option<Duration>,
+    fail_open: Option<bool>,
+    retry_budget: Option<f32>,
     #[serde(default, deserialize_with = "duration")]
     health_interval: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
@@ -191,6 +251,16 @@ pub(crate) struct Settings {
     pub(crate) hash_bounded_load: Option<f64>,
     pub(crate) seed: Option<u64>,
     pub(crate) health_path: String,
+    pub(crate) health_probe: ProbeKind,
+    pub(crate) health_status: (u16, u16),
+    pub(crate) health_rise: u32,
+    pub(crate) health_fall: u32,
+    pub(crate) eject_after: u32,
+    pub(crate) eject_time: Duration,
+    pub(crate) max_ejected_percent: u8,
+    pub(crate) slow_start: Option<Duration>,
+    pub(crate) fail_open: bool,
+    pub(crate) retry_budget: f32,
     pub(crate) health_interval: Duration,
     pub(crate) health_timeout: Duration,
     pub(crate) connect_timeout: Duration,
@@ -268,6 +338,38 @@ impl Settings {
                 .health_path
                 .or(file.health_path)
                 .unwrap_or_else(|| "/health".to_owned()),
+            health_probe: args
+                .health_probe
+                .or(file.health_probe)
+                .unwrap_or(ProbeKind::Http),
+            health_status: args
+                .health_status
+                .or(file.health_status)
+                .unwrap_or((200, 299)),
+            health_rise: at_least_one("health-rise", args.health_rise.or(file.health_rise))?
+                .unwrap_or(1),
+            health_fall: at_least_one("health-fall", args.health_fall.or(file.health_fall))?
+                .unwrap_or(1),
+            eject_after: args.eject_after.or(file.eject_after).unwrap_or(5),
+            eject_time: args
+                .eject_time
+                .or(file.eject_time)
+                .unwrap_or(Duration::from_secs(30)),
+            max_ejected_percent: match args.max_ejected_percent.or(file.max_ejected_percent) {
+                Some(p) if p > 100 => {
+                    return Err(format!(
+                        "invalid max-ejected-percent \"{p}\": must be 0 to 100"
+                    ));
+                }
+                p => p.unwrap_or(50),
+            },
+            slow_start: args.slow_start.or(file.slow_start),
+            fail_open: args.fail_open || file.fail_open.unwrap_or(false),
+            retry_budget: match args.retry_budget.or(file.retry_budget) {
+                Some(p) => parse_percent(&p.to_string())
+                    .map_err(|e| format!("invalid retry-budget \"{p}\": {e}"))?,
+                None => 20.0,
+            },
             health_interval: args
                 .health_interval
                 .or(file.health_interval)
@@ -349,6 +451,43 @@ fn read_file(path: &Path) -> Result<File, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
     toml::from_str(&text).map_err(|e| format!("invalid config file {}: {e}", path.display()))
+}
+
+fn at_least_one(name: &str, value: Option<u32>) -> Result<Option<u32>, String> {
+    match value {
+        Some(0) => Err(format!("invalid {name} \"0\": must be at least 1")),
+        v => Ok(v),
+    }
+}
+
+/// `200` or `200-399`: statuses from 100 to 599, low to high.
+fn parse_status_range(text: &str) -> Result<(u16, u16), String> {
+    let (low, high) = text.split_once('-').unwrap_or((text, text));
+    let code = |t: &str| {
+        t.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|c| (100..=599).contains(c))
+    };
+    match (code(low), code(high)) {
+        (Some(low), Some(high)) if low <= high => Ok((low, high)),
+        _ => Err("must be a status code (200) or a range of them (200-399), 100 to 599".into()),
+    }
+}
+
+fn status_range<'de, D: Deserializer<'de>>(de: D) -> Result<Option<(u16, u16)>, D::Error> {
+    let text = String::deserialize(de)?;
+    parse_status_range(&text)
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("invalid status range {text:?}: {e}")))
+}
+
+/// A percentage, 0 to 1000 (tower's budget allows several retries per request).
+fn parse_percent(text: &str) -> Result<f32, String> {
+    match text.trim_end_matches('%').parse::<f32>() {
+        Ok(p) if (0.0..=1000.0).contains(&p) => Ok(p),
+        _ => Err("must be a percentage from 0 to 1000, e.g. 20".to_owned()),
+    }
 }
 
 fn parse_hash_key(text: &str) -> Result<HashKey, String> {

@@ -35,6 +35,6 @@ pub use error::Error;
 pub use outcome::{Observer, Outcome};
 pub use pool::{Pool, Snapshot};
 pub use strategy::{
-    ConsistentHash, Context, LeastConnections, Load, PowerOfTwo, Random, RoundRobin, Strategy,
-    WeightedRoundRobin,
+    ConsistentHash, Context, LeastConnections, Load, PowerOfTwo, Random, RoundRobin, SplitMix,
+    Strategy, WeightedRoundRobin,
 };

@@ -1,35 +1,63 @@
-//! The active checker: one task that probes every backend of a pool each interval.
+//! The checker: one state machine per backend, fed by active probes, live traffic and
+//! operators, publishing every change to the pool and to subscribers.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use lb_core::{Backend, Health, Pool};
-use tokio::task::{Id, JoinSet};
-use tokio::time::{self, Instant, MissedTickBehavior};
+use lb_core::{Backend, FULL_WEIGHT, Health, Observer, Outcome, Pool, SplitMix};
+use tokio::sync::{Notify, broadcast};
+use tokio::task::JoinSet;
+use tokio::time::{self, Instant};
 
+use crate::state::{self, Change, Machine, Policy, Reason, Transition};
 use crate::{Probe, ProbeError};
 
-/// A finished probe: which backend, and what it found.
-type Outcome = (Arc<Backend>, Result<(), ProbeError>);
-
-/// Probes every backend of a [`Pool`] each interval and flips its health with the result.
+/// Joins active probes, passive health and operator actions into one [`Health`] per backend.
 ///
-/// - Probes of different backends run concurrently, so a slow backend never delays the others.
-/// - Probes of one backend never overlap: a turn that comes while the previous probe is still
-///   running waits for it, and starts the moment it ends.
-/// - Every probe is bounded by the timeout; no answer in time is a failure.
-/// - The backends are read from the pool's current snapshot at every tick, so backends added or
-///   removed later are picked up without restarting the checker.
+/// - Active: each backend has its own task that probes it every interval (less a random jitter
+///   of up to a tenth, so that many backends and many balancers do not probe in lockstep). A
+///   slow backend never delays the probes of the others, and probes of one backend never
+///   overlap. Every probe is bounded by the timeout; no answer in time is a failure. Rise and
+///   fall thresholds come from the [`Policy`].
+/// - Passive: the proxy reports every request's [`Outcome`] ([`Observer`]); failures in a row
+///   eject a backend for a time that doubles with each ejection (up to a cap) and is forgiven
+///   after it stays healthy. The cap on ejected backends is respected. An ejected backend
+///   rejoins when its time is up and a probe passes.
+/// - Operators: [`drain`](Self::drain) and [`enable`](Self::enable).
+/// - Slow start: a backend that recovers gets a tenth of its weight, then more in ten steps.
 ///
-/// Defaults: interval 1 s, timeout 1 s.
-#[derive(Debug, Clone)]
+/// Every change is published to the pool (a new snapshot, so the request path reads one atomic
+/// per backend and takes no lock) and sent to [`subscribe`](Self::subscribe)rs as a
+/// [`Transition`]. Defaults: interval 1 s, timeout 1 s, [`Policy::default`].
+#[derive(Clone)]
 pub struct Checker {
     pool: Arc<Pool>,
     probe: Arc<dyn Probe>,
+    settings: Arc<Settings>,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug, Clone)]
+struct Settings {
     interval: Duration,
     timeout: Duration,
+    policy: Policy,
+}
+
+struct Shared {
+    machines: Mutex<HashMap<u64, Tracked>>,
+    events: broadcast::Sender<Transition>,
+    /// Draws the probes' jitter.
+    jitter: SplitMix,
+}
+
+struct Tracked {
+    machine: Machine,
+    /// Wakes the backend's task when its timers change (an ejection began).
+    wake: Arc<Notify>,
 }
 
 impl Checker {
@@ -38,276 +66,415 @@ impl Checker {
         Checker {
             pool,
             probe: Arc::new(probe),
-            interval: Duration::from_secs(1),
-            timeout: Duration::from_secs(1),
+            settings: Arc::new(Settings {
+                interval: Duration::from_secs(1),
+                timeout: Duration::from_secs(1),
+                policy: Policy::default(),
+            }),
+            shared: Arc::new(Shared {
+                machines: Mutex::new(HashMap::new()),
+                events: broadcast::channel(1024).0,
+                jitter: SplitMix::from_entropy(),
+            }),
         }
     }
 
-    /// Time between the starts of two probes of one backend (default 1 s).
+    /// Time between the starts of two probes of one backend (default 1 s), less the jitter.
     pub fn with_interval(mut self, interval: Duration) -> Self {
-        self.interval = interval.max(Duration::from_millis(1));
+        Arc::make_mut(&mut self.settings).interval = interval.max(Duration::from_millis(1));
         self
     }
 
     /// Longest wait for one probe (default 1 s).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        Arc::make_mut(&mut self.settings).timeout = timeout;
         self
     }
 
-    /// Probes every backend once, concurrently, and applies the results before returning.
-    /// The balancer runs this before it starts listening, so its first requests already avoid
-    /// backends that are down.
-    pub async fn check_all(&self) {
-        let mut probes: JoinSet<Outcome> = JoinSet::new();
-        for backend in self.pool.load().backends() {
-            probes.spawn(self.probe_one(Arc::clone(backend)));
-        }
-        while let Some(done) = probes.join_next().await {
-            if let Ok((backend, result)) = done {
-                self.apply(&backend, result);
-            }
-        }
+    /// Thresholds, ejection and slow start (default [`Policy::default`]).
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        Arc::make_mut(&mut self.settings).policy = policy;
+        self
     }
 
-    /// Runs until `shutdown` completes, probing every interval (the first round one interval
-    /// from now; call [`check_all`](Self::check_all) first for an immediate one). Probes still
-    /// running at shutdown are cancelled.
+    /// Seeds the jitter, for reproducible tests (default: from the operating system).
+    pub fn with_jitter_seed(mut self, seed: u64) -> Self {
+        self.shared = Arc::new(Shared {
+            machines: Mutex::new(HashMap::new()),
+            events: broadcast::channel(1024).0,
+            jitter: SplitMix::from_seed(seed),
+        });
+        self
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &Policy {
+        &self.settings.policy
+    }
+
+    /// Probes every backend once, concurrently, and applies the results before returning. For
+    /// a backend probed for the first time, the result is its initial state (no rise or fall).
+    /// The balancer runs this before it starts listening, so that its first requests already
+    /// avoid backends that are down.
+    pub async fn check_all(&self) {
+        let mut probes = JoinSet::new();
+        for backend in self.pool.load().backends() {
+            let backend = Arc::clone(backend);
+            let this = self.clone();
+            probes.spawn(async move {
+                let result = this.probe_once(&backend).await;
+                (backend, result)
+            });
+        }
+        let mut results = Vec::new();
+        while let Some(done) = probes.join_next().await {
+            if let Ok(result) = done {
+                results.push(result);
+            }
+        }
+        self.apply_probes(&results);
+    }
+
+    /// Runs until `shutdown` completes: one task per backend of the pool, started for backends
+    /// added later and stopped for those removed (checked every interval). The first probes
+    /// come one interval from now; call [`check_all`](Self::check_all) first for an immediate
+    /// round. Probes still running at shutdown are cancelled.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let mut shutdown = std::pin::pin!(shutdown);
-        let mut ticker = time::interval_at(Instant::now() + self.interval, self.interval);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut probes: JoinSet<Outcome> = JoinSet::new();
-        let mut running: HashMap<Id, u64> = HashMap::new();
-        // Backends whose turn came while their previous probe was still running.
-        let mut owed: HashSet<u64> = HashSet::new();
+        let mut tasks = JoinSet::new();
+        let mut watched: HashMap<u64, tokio::task::AbortHandle> = HashMap::new();
         loop {
+            let snapshot = Arc::clone(&self.pool.load());
+            let present: HashMap<u64, &Arc<Backend>> =
+                snapshot.backends().iter().map(|b| (b.key(), b)).collect();
+            watched.retain(|key, task| {
+                let keep = present.contains_key(key);
+                if !keep {
+                    task.abort();
+                }
+                keep
+            });
+            self.forget_all_but(&present);
+            for (key, backend) in &present {
+                if !watched.contains_key(key) {
+                    let wake = self.track(backend);
+                    let task = tasks.spawn(self.clone().watch(Arc::clone(backend), wake));
+                    watched.insert(*key, task);
+                }
+            }
             tokio::select! {
                 () = &mut shutdown => return,
-                Some(done) = probes.join_next_with_id() => {
-                    let (id, finished) = match done {
-                        Ok((id, (backend, result))) => {
-                            self.apply(&backend, result);
-                            (id, Some(backend))
-                        }
-                        Err(e) => (e.id(), None),
-                    };
-                    let key = running.remove(&id);
-                    // A skipped turn is made up at once, so a slow probe delays the next one
-                    // by as little as possible (and never makes two overlap).
-                    if let (Some(key), Some(backend)) = (key, finished)
-                        && owed.remove(&key)
-                    {
-                        let handle = probes.spawn(self.probe_one(backend));
-                        running.insert(handle.id(), key);
-                    }
+                () = time::sleep(self.settings.interval) => {}
+            }
+            // Reap finished (aborted) tasks so the set does not grow.
+            while tasks.try_join_next().is_some() {}
+        }
+    }
+
+    /// Subscribes to every transition from now on, preceded by the current state of every
+    /// backend (reason [`Reason::Initial`]), so a subscriber never misses where things stand.
+    pub fn subscribe(&self) -> Events {
+        let machines = self.lock();
+        let receiver = self.shared.events.subscribe();
+        let snapshot = self.pool.load();
+        let initial = snapshot
+            .backends()
+            .iter()
+            .map(|b| Transition {
+                backend: b.id().into(),
+                from: None,
+                to: machines
+                    .get(&b.key())
+                    .map_or(b.health(), |t| t.machine.state()),
+                reason: Reason::Initial,
+            })
+            .collect();
+        Events { initial, receiver }
+    }
+
+    /// Drains the backend with this `host:port`: no new requests go to it, those in flight
+    /// finish (watch [`Backend::in_flight`]). Then [`Pool::remove`] it, or
+    /// [`enable`](Self::enable) it again. Returns the backend, `None` if it is not in the pool.
+    pub fn drain(&self, id: &str) -> Option<Arc<Backend>> {
+        self.operate(id, Machine::on_drain)
+    }
+
+    /// Ends a drain: the backend takes traffic again once its probes pass (at once if they
+    /// did). Returns the backend, `None` if it is not in the pool.
+    pub fn enable(&self, id: &str) -> Option<Arc<Backend>> {
+        self.operate(id, Machine::on_enable)
+    }
+
+    fn operate(
+        &self,
+        id: &str,
+        signal: fn(&mut Machine, Instant) -> Option<Change>,
+    ) -> Option<Arc<Backend>> {
+        let backend = self.pool.get(id)?;
+        let mut machines = self.lock();
+        let tracked = self.tracked(&mut machines, &backend);
+        if let Some(change) = signal(&mut tracked.machine, Instant::now()) {
+            self.publish(&backend, change);
+        }
+        Some(backend)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Tracked>> {
+        self.shared
+            .machines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The backend's entry, created from the pool's view if the checker has not probed it yet.
+    fn tracked<'m>(
+        &self,
+        machines: &'m mut HashMap<u64, Tracked>,
+        backend: &Arc<Backend>,
+    ) -> &'m mut Tracked {
+        machines.entry(backend.key()).or_insert_with(|| Tracked {
+            machine: Machine::first(backend.health() == Health::Healthy, Instant::now()),
+            wake: Arc::new(Notify::new()),
+        })
+    }
+
+    fn track(&self, backend: &Arc<Backend>) -> Arc<Notify> {
+        let mut machines = self.lock();
+        Arc::clone(&self.tracked(&mut machines, backend).wake)
+    }
+
+    fn forget_all_but(&self, present: &HashMap<u64, &Arc<Backend>>) {
+        self.lock().retain(|key, _| present.contains_key(key));
+    }
+
+    /// Stores a change in the pool, logs nothing (subscribers do), and tells subscribers.
+    /// Called with the machines locked, so changes reach subscribers in order.
+    fn publish(&self, backend: &Arc<Backend>, change: Change) {
+        let failing_open = self.pool.load().failing_open();
+        if change.to == Health::Healthy
+            && change.from != Health::Draining
+            && let Some(window) = self.settings.policy.slow_start
+        {
+            self.pool
+                .set_weight_scale(backend, state::slow_start_scale(Duration::ZERO, window));
+        }
+        self.pool.set_health(backend, change.to);
+        self.report_fail_open(failing_open);
+        let _ = self.shared.events.send(Transition {
+            backend: backend.id().into(),
+            from: Some(change.from),
+            to: change.to,
+            reason: change.reason,
+        });
+    }
+
+    fn report_fail_open(&self, before: bool) {
+        let snapshot = self.pool.load();
+        match (before, snapshot.failing_open()) {
+            (false, true) => tracing::warn!(
+                backends = snapshot.eligible().len(),
+                "no healthy backend: failing open, sending requests to every backend not draining"
+            ),
+            (true, false) => tracing::info!("a backend is healthy again: no longer failing open"),
+            _ => {}
+        }
+    }
+
+    /// Applies a round of probe results; first results become initial states, in one snapshot.
+    fn apply_probes(&self, results: &[(Arc<Backend>, Result<(), ProbeError>)]) {
+        let now = Instant::now();
+        let mut machines = self.lock();
+        let failing_open = self.pool.load().failing_open();
+        let mut initial = Vec::new();
+        for (backend, result) in results {
+            let error = result.as_ref().err().map(ToString::to_string);
+            if let Some(tracked) = machines.get_mut(&backend.key()) {
+                if let Some(change) = tracked.machine.on_probe(error, now, &self.settings.policy) {
+                    self.publish(backend, change);
                 }
-                _ = ticker.tick() => {
-                    let busy: HashSet<u64> = running.values().copied().collect();
-                    for backend in self.pool.load().backends() {
-                        if busy.contains(&backend.key()) {
-                            owed.insert(backend.key());
-                        } else {
-                            let handle = probes.spawn(self.probe_one(Arc::clone(backend)));
-                            running.insert(handle.id(), backend.key());
-                        }
-                    }
-                }
+            } else {
+                let machine = Machine::first(error.is_none(), now);
+                initial.push((Arc::clone(backend), machine.state(), error));
+                machines.insert(
+                    backend.key(),
+                    Tracked {
+                        machine,
+                        wake: Arc::new(Notify::new()),
+                    },
+                );
+            }
+        }
+        self.pool
+            .set_health_many(initial.iter().map(|(b, health, _)| (&**b, *health)));
+        self.report_fail_open(failing_open);
+        for (backend, to, error) in initial {
+            let reason = match error {
+                None => Reason::Initial,
+                Some(error) => Reason::ProbeFailed { in_a_row: 1, error },
+            };
+            let _ = self.shared.events.send(Transition {
+                backend: backend.id().into(),
+                from: None,
+                to,
+                reason,
+            });
+        }
+    }
+
+    /// One backend's task: probes every (jittered) interval, ends ejections, steps slow start.
+    async fn watch(self, backend: Arc<Backend>, wake: Arc<Notify>) {
+        let mut next_probe = Instant::now() + self.jittered();
+        loop {
+            let (ejection_end, ramp_step) = self.timers(&backend);
+            let due = [Some(next_probe), ejection_end, ramp_step]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(next_probe);
+            tokio::select! {
+                () = time::sleep_until(due) => {}
+                () = wake.notified() => continue,
+            }
+            let now = Instant::now();
+            if ramp_step.is_some_and(|at| at <= now) {
+                self.ramp(&backend, now);
+            }
+            if next_probe <= now || ejection_end.is_some_and(|at| at <= now) {
+                let result = self.probe_once(&backend).await;
+                self.apply_probes(&[(Arc::clone(&backend), result)]);
+                next_probe = (now + self.jittered()).max(Instant::now());
             }
         }
     }
 
-    fn probe_one(&self, backend: Arc<Backend>) -> impl Future<Output = Outcome> + Send + 'static {
-        let probe = Arc::clone(&self.probe);
-        let timeout = self.timeout;
-        async move {
-            let result = match time::timeout(timeout, probe.probe(&backend)).await {
-                Ok(result) => result,
-                Err(_) => Err(ProbeError::Timeout(timeout)),
-            };
-            (backend, result)
+    /// When the backend's ejection ends and slow start's next step is due, if they are.
+    fn timers(&self, backend: &Backend) -> (Option<Instant>, Option<Instant>) {
+        let machines = self.lock();
+        let Some(tracked) = machines.get(&backend.key()) else {
+            return (None, None);
+        };
+        let ramp = self
+            .settings
+            .policy
+            .slow_start
+            .filter(|_| {
+                tracked.machine.state() == Health::Healthy && backend.weight_scale() < FULL_WEIGHT
+            })
+            .and_then(|window| {
+                state::slow_start_next(tracked.machine.healthy_since(), Instant::now(), window)
+            });
+        (tracked.machine.ejected_until(), ramp)
+    }
+
+    fn ramp(&self, backend: &Backend, now: Instant) {
+        let machines = self.lock();
+        if let (Some(tracked), Some(window)) = (
+            machines.get(&backend.key()),
+            self.settings.policy.slow_start,
+        ) && tracked.machine.state() == Health::Healthy
+        {
+            let elapsed = now.saturating_duration_since(tracked.machine.healthy_since());
+            self.pool
+                .set_weight_scale(backend, state::slow_start_scale(elapsed, window));
         }
     }
 
-    fn apply(&self, backend: &Backend, result: Result<(), ProbeError>) {
-        let health = if result.is_ok() {
-            Health::Healthy
-        } else {
-            Health::Unhealthy
-        };
-        if let Some(previous) = self.pool.set_health(backend, health) {
-            match result {
-                Ok(()) => {
-                    tracing::info!(backend = backend.id(), from = %previous, "backend is healthy")
+    async fn probe_once(&self, backend: &Backend) -> Result<(), ProbeError> {
+        let timeout = self.settings.timeout;
+        match time::timeout(timeout, self.probe.probe(backend)).await {
+            Ok(result) => result,
+            Err(_) => Err(ProbeError::Timeout(timeout)),
+        }
+    }
+
+    /// The interval less a random part of up to a tenth of it.
+    fn jittered(&self) -> Duration {
+        let interval = self.settings.interval;
+        let draw = self.shared.jitter.next_u64();
+        let tenth = interval / 10;
+        let jitter = Duration::from_nanos(
+            ((u128::from(draw) * tenth.as_nanos()) >> 64)
+                .try_into()
+                .unwrap_or(0),
+        );
+        interval - jitter
+    }
+}
+
+impl Observer for Checker {
+    fn observe(&self, backend: &Arc<Backend>, outcome: Outcome) {
+        if !outcome.is_failure() {
+            backend.record_success();
+            return;
+        }
+        let failures = backend.record_failure();
+        let policy = &self.settings.policy;
+        // The common failure (a backend already out, or a streak still short) takes no lock.
+        if policy.eject_after == 0
+            || failures < policy.eject_after
+            || backend.health() != Health::Healthy
+        {
+            return;
+        }
+        let mut machines = self.lock();
+        let ejected = machines
+            .values()
+            .filter(|t| t.machine.state() == Health::Ejected)
+            .count();
+        let pool_size = self.pool.load().backends().len();
+        let tracked = self.tracked(&mut machines, backend);
+        if let Some(change) = tracked.machine.on_failures(
+            failures,
+            outcome,
+            Instant::now(),
+            policy,
+            (ejected, pool_size),
+        ) {
+            let wake = Arc::clone(&tracked.wake);
+            backend.record_success();
+            self.publish(backend, change);
+            wake.notify_one();
+        }
+    }
+}
+
+impl fmt::Debug for Checker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Checker")
+            .field("probe", &self.probe)
+            .field("interval", &self.settings.interval)
+            .field("timeout", &self.settings.timeout)
+            .field("policy", &self.settings.policy)
+            .finish()
+    }
+}
+
+/// The transitions a subscriber receives: first the state of every backend when it subscribed,
+/// then every change.
+#[derive(Debug)]
+pub struct Events {
+    initial: VecDeque<Transition>,
+    receiver: broadcast::Receiver<Transition>,
+}
+
+impl Events {
+    /// The next transition; `None` once the checker is gone. A subscriber that falls more than
+    /// 1024 transitions behind skips the oldest ones it missed.
+    pub async fn recv(&mut self) -> Option<Transition> {
+        if let Some(initial) = self.initial.pop_front() {
+            return Some(initial);
+        }
+        loop {
+            match self.receiver.recv().await {
+                Ok(transition) => return Some(transition),
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "health event subscriber fell behind");
                 }
-                Err(e) => {
-                    tracing::warn!(backend = backend.id(), from = %previous, reason = %e, "backend is unhealthy")
-                }
+                Err(broadcast::error::RecvError::Closed) => return None,
             }
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Mutex;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use async_trait::async_trait;
-    use lb_core::{Context, RoundRobin};
-
-    use super::*;
-
-    /// A probe whose answer and delay per backend the test controls, and which records overlap.
-    #[derive(Debug, Default)]
-    struct Scripted {
-        down: Mutex<HashSet<String>>,
-        slow: Mutex<HashMap<String, Duration>>,
-        calls: Mutex<HashMap<String, usize>>,
-        starts: Mutex<Vec<(String, Instant)>>,
-        active: Mutex<HashSet<String>>,
-        overlaps: AtomicUsize,
-    }
-
-    #[async_trait]
-    impl Probe for Arc<Scripted> {
-        async fn probe(&self, backend: &Backend) -> Result<(), ProbeError> {
-            let id = backend.id().to_owned();
-            *self.calls.lock().unwrap().entry(id.clone()).or_default() += 1;
-            self.starts
-                .lock()
-                .unwrap()
-                .push((id.clone(), Instant::now()));
-            if !self.active.lock().unwrap().insert(id.clone()) {
-                self.overlaps.fetch_add(1, Ordering::SeqCst);
-            }
-            let delay = self.slow.lock().unwrap().get(&id).copied();
-            if let Some(delay) = delay {
-                time::sleep(delay).await;
-            }
-            self.active.lock().unwrap().remove(&id);
-            if self.down.lock().unwrap().contains(&id) {
-                Err(ProbeError::Status(503))
-            } else {
-                Ok(())
-            }
-        }
-    }
-
-    fn pool() -> Arc<Pool> {
-        Arc::new(
-            Pool::new(
-                [
-                    "http://127.0.0.1:1",
-                    "http://127.0.0.1:2",
-                    "http://127.0.0.1:3",
-                ]
-                .map(|u| u.parse().unwrap()),
-                RoundRobin::new(),
-            )
-            .unwrap(),
-        )
-    }
-
-    fn eligible_ids(pool: &Pool) -> Vec<String> {
-        let snap = pool.load();
-        snap.eligible()
-            .iter()
-            .map(|&i| snap.backends()[i].id().to_owned())
-            .collect()
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn check_all_applies_every_result_before_returning() {
-        let pool = pool();
-        let probe = Arc::new(Scripted::default());
-        probe.down.lock().unwrap().insert("127.0.0.1:2".into());
-        Checker::new(Arc::clone(&pool), Arc::clone(&probe))
-            .check_all()
-            .await;
-        assert_eq!(eligible_ids(&pool), ["127.0.0.1:1", "127.0.0.1:3"]);
-        assert!(pool.select(&Context::new()).is_some());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_timeout_is_a_failure() {
-        let pool = pool();
-        let probe = Arc::new(Scripted::default());
-        probe
-            .slow
-            .lock()
-            .unwrap()
-            .insert("127.0.0.1:3".into(), Duration::from_secs(5));
-        Checker::new(Arc::clone(&pool), Arc::clone(&probe))
-            .with_timeout(Duration::from_millis(500))
-            .check_all()
-            .await;
-        assert_eq!(eligible_ids(&pool), ["127.0.0.1:1", "127.0.0.1:2"]);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn slow_backend_delays_nobody_and_probes_never_overlap() {
-        let pool = pool();
-        let probe = Arc::new(Scripted::default());
-        // Backend 3 takes 3.5 intervals to answer; its timeout is longer still.
-        probe
-            .slow
-            .lock()
-            .unwrap()
-            .insert("127.0.0.1:3".into(), Duration::from_millis(3500));
-        let checker = Checker::new(Arc::clone(&pool), Arc::clone(&probe))
-            .with_interval(Duration::from_secs(1))
-            .with_timeout(Duration::from_secs(10));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let t0 = Instant::now();
-        let task = tokio::spawn(checker.run(async {
-            let _ = stopped.await;
-        }));
-        time::sleep(Duration::from_millis(10_500)).await;
-        let _ = stop.send(());
-        task.await.unwrap();
-
-        let calls = probe.calls.lock().unwrap().clone();
-        // Ticks at 1..=10 s: the fast backends are probed at every one of them.
-        assert_eq!(calls["127.0.0.1:1"], 10);
-        assert_eq!(calls["127.0.0.1:2"], 10);
-        // The slow one starts at 1 s and answers at 4.5 s; its turns at 2-4 s wait for that, and
-        // it starts again at once (4.5 s, 8 s): never two at a time, never idle while owed.
-        assert_eq!(calls["127.0.0.1:3"], 3, "{calls:?}");
-        let slow_starts: Vec<u128> = probe
-            .starts
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(id, _)| id == "127.0.0.1:3")
-            .map(|(_, at)| (*at - t0).as_millis())
-            .collect();
-        assert_eq!(slow_starts, [1000, 4500, 8000]);
-        assert_eq!(probe.overlaps.load(Ordering::SeqCst), 0);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn health_follows_the_probe_both_ways() {
-        let pool = pool();
-        let probe = Arc::new(Scripted::default());
-        let checker = Checker::new(Arc::clone(&pool), Arc::clone(&probe));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(checker.run(async {
-            let _ = stopped.await;
-        }));
-
-        probe.down.lock().unwrap().insert("127.0.0.1:1".into());
-        time::sleep(Duration::from_millis(1100)).await;
-        assert_eq!(eligible_ids(&pool), ["127.0.0.1:2", "127.0.0.1:3"]);
-
-        probe.down.lock().unwrap().clear();
-        time::sleep(Duration::from_secs(1)).await;
-        assert_eq!(
-            eligible_ids(&pool),
-            ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
-        );
-
-        let _ = stop.send(());
-        task.await.unwrap();
-    }
-}
+mod tests;

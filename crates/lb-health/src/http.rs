@@ -1,6 +1,7 @@
 //! The default probe: `GET <backend><path>`, healthy on 2xx.
 
 use std::fmt;
+use std::ops::RangeInclusive;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -8,12 +9,13 @@ use http::uri::PathAndQuery;
 use http::{Request, header};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
-use lb_core::{Address, Backend};
-use tokio::net::TcpStream;
+use lb_core::Backend;
 
+use crate::probe::connect;
 use crate::{Error, Probe, ProbeError};
 
-/// `GET <path>` over a new HTTP/1.1 connection; any 2xx status is healthy.
+/// `GET <path>` over a new HTTP/1.1 connection; a 2xx status (or the range set with
+/// [`with_expected_status`](Self::with_expected_status)) is healthy.
 ///
 /// A fresh connection per probe (as HAProxy does) checks that the backend still accepts new
 /// connections, which pooled ones would hide. The request carries `Host: <backend host:port>`,
@@ -21,6 +23,7 @@ use crate::{Error, Probe, ProbeError};
 #[derive(Clone)]
 pub struct HttpProbe {
     path: PathAndQuery,
+    expect: RangeInclusive<u16>,
 }
 
 impl HttpProbe {
@@ -32,7 +35,16 @@ impl HttpProbe {
         let path = path
             .parse::<PathAndQuery>()
             .map_err(|_| Error::InvalidPath(path.to_owned()))?;
-        Ok(HttpProbe { path })
+        Ok(HttpProbe {
+            path,
+            expect: 200..=299,
+        })
+    }
+
+    /// The statuses that mean healthy (default `200..=299`).
+    pub fn with_expected_status(mut self, expect: RangeInclusive<u16>) -> Self {
+        self.expect = expect;
+        self
     }
 
     /// The path this probe requests.
@@ -45,6 +57,7 @@ impl Default for HttpProbe {
     fn default() -> Self {
         HttpProbe {
             path: PathAndQuery::from_static("/health"),
+            expect: 200..=299,
         }
     }
 }
@@ -53,6 +66,7 @@ impl fmt::Debug for HttpProbe {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpProbe")
             .field("path", &self.path.as_str())
+            .field("expect", &self.expect)
             .finish()
     }
 }
@@ -60,11 +74,7 @@ impl fmt::Debug for HttpProbe {
 #[async_trait]
 impl Probe for HttpProbe {
     async fn probe(&self, backend: &Backend) -> Result<(), ProbeError> {
-        let stream = match backend.address() {
-            Address::Ip(addr) => TcpStream::connect(addr).await,
-            Address::Name(host, port) => TcpStream::connect((host.as_str(), *port)).await,
-        }
-        .map_err(ProbeError::Connect)?;
+        let stream = connect(backend.address()).await?;
         let _ = stream.set_nodelay(true);
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
@@ -89,7 +99,7 @@ impl Probe for HttpProbe {
             },
         }
         .map_err(ProbeError::Http)?;
-        if response.status().is_success() {
+        if self.expect.contains(&response.status().as_u16()) {
             Ok(())
         } else {
             Err(ProbeError::Status(response.status().as_u16()))

@@ -5,8 +5,9 @@ use std::io;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lb_core::Backend;
+use lb_core::{Address, Backend};
 use thiserror::Error;
+use tokio::net::TcpStream;
 
 /// Checks one backend once. `Ok(())` means healthy.
 ///
@@ -19,23 +20,62 @@ use thiserror::Error;
 /// use lb_core::Backend;
 /// use lb_health::{Probe, ProbeError};
 ///
-/// /// Healthy when a TCP connection can be opened.
+/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+///
+/// /// Healthy when a Redis-protocol backend answers `PING` with `+PONG`.
 /// #[derive(Debug)]
-/// struct TcpConnect;
+/// struct RedisPing;
 ///
 /// #[async_trait]
-/// impl Probe for TcpConnect {
+/// impl Probe for RedisPing {
 ///     async fn probe(&self, backend: &Backend) -> Result<(), ProbeError> {
-///         let addr = backend.id().to_owned();
-///         tokio::net::TcpStream::connect(addr).await.map_err(ProbeError::Connect)?;
-///         Ok(())
+///         let mut stream = tokio::net::TcpStream::connect(backend.id())
+///             .await
+///             .map_err(ProbeError::Connect)?;
+///         let mut answer = [0u8; 7];
+///         async {
+///             stream.write_all(b"PING\r\n").await?;
+///             stream.read_exact(&mut answer).await
+///         }
+///         .await
+///         .map_err(|e| ProbeError::Other(e.into()))?;
+///         if &answer == b"+PONG\r\n" {
+///             Ok(())
+///         } else {
+///             Err(ProbeError::Other("no PONG".into()))
+///         }
 ///     }
 /// }
+///
+/// // Then: `Checker::new(pool, RedisPing)`.
 /// ```
 #[async_trait]
 pub trait Probe: Send + Sync + fmt::Debug + 'static {
     /// Checks `backend` once.
     async fn probe(&self, backend: &Backend) -> Result<(), ProbeError>;
+}
+
+/// Opens a TCP connection to `address` (resolving a name at each call), with `TCP_NODELAY`.
+pub(crate) async fn connect(address: &Address) -> Result<TcpStream, ProbeError> {
+    let stream = match address {
+        Address::Ip(addr) => TcpStream::connect(addr).await,
+        Address::Name(host, port) => TcpStream::connect((host.as_str(), *port)).await,
+    }
+    .map_err(ProbeError::Connect)?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Healthy when a TCP connection to the backend can be opened (HAProxy's plain `check`); for
+/// backends that do not speak HTTP, or where an HTTP health endpoint is missing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TcpProbe;
+
+#[async_trait]
+impl Probe for TcpProbe {
+    async fn probe(&self, backend: &Backend) -> Result<(), ProbeError> {
+        connect(backend.address()).await.map(drop)
+    }
 }
 
 /// Why a probe found a backend unhealthy. The message is what the health log line shows.

@@ -118,7 +118,8 @@ impl Body for ProxyBody {
 /// the response timeout counts from then, so a long upload is not cut off by it.
 #[derive(Debug)]
 pub(crate) struct RequestBody {
-    inner: Incoming,
+    /// `None` for the empty body of a request replayed to another backend.
+    inner: Option<Incoming>,
     sent: Option<oneshot::Sender<()>>,
 }
 
@@ -127,16 +128,30 @@ impl RequestBody {
     /// A body that is empty from the start needs no signal: `None`.
     pub(crate) fn new(inner: Incoming) -> (Self, Option<oneshot::Receiver<()>>) {
         if inner.is_end_stream() {
-            return (RequestBody { inner, sent: None }, None);
+            return (
+                RequestBody {
+                    inner: Some(inner),
+                    sent: None,
+                },
+                None,
+            );
         }
         let (tx, rx) = oneshot::channel();
         (
             RequestBody {
-                inner,
+                inner: Some(inner),
                 sent: Some(tx),
             },
             Some(rx),
         )
+    }
+
+    /// No body at all.
+    pub(crate) fn empty() -> Self {
+        RequestBody {
+            inner: None,
+            sent: None,
+        }
     }
 }
 
@@ -149,8 +164,11 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        if (frame.is_none() || this.inner.is_end_stream())
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = ready!(Pin::new(&mut *inner).poll_frame(cx));
+        if (frame.is_none() || inner.is_end_stream())
             && let Some(sent) = this.sent.take()
         {
             let _ = sent.send(());
@@ -159,10 +177,12 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or(SizeHint::with_exact(0), Body::size_hint)
     }
 }

@@ -47,5 +47,5 @@ mod upstream;
 pub use body::ProxyBody;
 pub use error::ProxyError;
 pub use hash_key::HashKey;
-pub use proxy::{Proxy, ProxyBuilder, ProxyService};
+pub use proxy::{Proxy, ProxyBuilder, ProxyService, RetryBudget};
 pub use server::{Server, bind_reuseport, serve};

@@ -16,10 +16,11 @@ use hyper::body::Incoming;
 use hyper::client::conn::TrySendError;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use lb_core::Pool;
+use lb_core::{Backend, Observer, Outcome, Pool};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::retry::budget::{Budget, TpsBudget};
 
 use crate::HashKey;
 use crate::ProxyError;
@@ -44,6 +45,39 @@ pub struct ProxyBuilder {
     max_queued: usize,
     queue_timeout: Duration,
     hash_key: Option<HashKey>,
+    observer: Option<Arc<dyn Observer>>,
+    retry_budget: Option<RetryBudget>,
+    retry_idempotent: bool,
+}
+
+/// How many retries a proxy may make: `percent` of its requests (per second, over a 10 s
+/// window) plus `min_per_second`, per worker (tower's `TpsBudget`, Finagle's retry budget), so
+/// that retries cannot multiply the load on backends that are failing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudget {
+    /// Retries allowed per 100 requests (default 20).
+    pub percent: f32,
+    /// Retries allowed every second on top (default 10).
+    pub min_per_second: u32,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget {
+            percent: 20.0,
+            min_per_second: 10,
+        }
+    }
+}
+
+impl RetryBudget {
+    fn build(self) -> TpsBudget {
+        TpsBudget::new(
+            Duration::from_secs(10),
+            self.min_per_second,
+            self.percent.clamp(0.0, 1000.0) / 100.0,
+        )
+    }
 }
 
 impl ProxyBuilder {
@@ -111,6 +145,28 @@ impl ProxyBuilder {
         self
     }
 
+    /// Receives the outcome of every request to a backend: passive health
+    /// (`lb_health::Checker` is one). Default none.
+    pub fn observer(mut self, observer: Option<Arc<dyn Observer>>) -> Self {
+        self.observer = observer;
+        self
+    }
+
+    /// Caps retries to other backends (default [`RetryBudget::default`]); `None` lets every
+    /// request try every eligible backend once.
+    pub fn retry_budget(mut self, budget: Option<RetryBudget>) -> Self {
+        self.retry_budget = budget;
+        self
+    }
+
+    /// Whether an idempotent request without a body (GET, HEAD, OPTIONS, TRACE, PUT, DELETE)
+    /// whose backend broke the connection before answering is retried on another backend
+    /// (default true). It costs a copy of the request head per such request.
+    pub fn retry_idempotent(mut self, retry: bool) -> Self {
+        self.retry_idempotent = retry;
+        self
+    }
+
     /// Checks the settings and builds the proxy. Fails on a counter parameter name that would
     /// need escaping in a query string.
     pub fn build(self) -> Result<Proxy, ProxyError> {
@@ -135,6 +191,11 @@ impl ProxyBuilder {
                     .max_in_flight
                     .map(|max| Arc::new(Limits::new(max, self.max_queued, self.queue_timeout))),
                 hash_key: self.hash_key.map(Arc::new),
+                observer: self.observer,
+                retry_budget: self.retry_budget,
+                budget: self.retry_budget.map(RetryBudget::build),
+                retry_idempotent: self.retry_idempotent,
+                retries_made: Arc::new(AtomicU64::new(0)),
                 tunnels: TaskTracker::new(),
                 close_tunnels: CancellationToken::new(),
             }),
@@ -162,6 +223,13 @@ struct Shared {
     /// The per-backend limit of requests in flight and its queue, shared by all workers.
     limits: Option<Arc<Limits>>,
     hash_key: Option<Arc<HashKey>>,
+    observer: Option<Arc<dyn Observer>>,
+    retry_budget: Option<RetryBudget>,
+    /// This worker's retry budget.
+    budget: Option<TpsBudget>,
+    retry_idempotent: bool,
+    /// Retries made by every worker.
+    retries_made: Arc<AtomicU64>,
     /// Upgraded connections (WebSocket) being tunnelled, and their stop signal.
     tunnels: TaskTracker,
     close_tunnels: CancellationToken,
@@ -182,6 +250,9 @@ impl Proxy {
             max_queued: 128,
             queue_timeout: Duration::from_secs(1),
             hash_key: None,
+            observer: None,
+            retry_budget: Some(RetryBudget::default()),
+            retry_idempotent: true,
         }
     }
 
@@ -218,10 +289,20 @@ impl Proxy {
                 retries: shared.retries,
                 limits: shared.limits.clone(),
                 hash_key: shared.hash_key.clone(),
+                observer: shared.observer.clone(),
+                retry_budget: shared.retry_budget,
+                budget: shared.retry_budget.map(RetryBudget::build),
+                retry_idempotent: shared.retry_idempotent,
+                retries_made: Arc::clone(&shared.retries_made),
                 tunnels: TaskTracker::new(),
                 close_tunnels: CancellationToken::new(),
             }),
         }
+    }
+
+    /// Requests sent again to another backend, by this proxy and every worker made from it.
+    pub fn retries_made(&self) -> u64 {
+        self.shared.retries_made.load(Ordering::Relaxed)
     }
 
     /// Upgraded connections (WebSocket) currently tunnelled to a backend.
@@ -351,8 +432,10 @@ impl Proxy {
         Ok(response.map(|body| ProxyBody::upstream(body, Some(conn), Some(admitted))))
     }
 
-    /// Sends the request to a backend, moving on to another one while the request provably has
-    /// not left the proxy (connect failed, or a pooled connection turned out closed).
+    /// Sends the request to a backend, moving on to another one (never one already tried, and
+    /// only within the retry budget) while the request provably has not left the proxy
+    /// (connect failed, or a pooled connection turned out closed), or when it is idempotent,
+    /// has no body and its backend broke the connection before answering.
     async fn dispatch(
         &self,
         mut request: Request<RequestBody>,
@@ -360,6 +443,9 @@ impl Proxy {
         key: Option<u64>,
     ) -> Result<(Response<Incoming>, Conn, Admitted), ProxyError> {
         let shared = &self.shared;
+        if let Some(budget) = &shared.budget {
+            budget.deposit();
+        }
         let mut tried: Vec<u64> = Vec::new();
         let mut last_error = None;
         'backends: while shared.retries.is_none_or(|r| tried.len() <= r) {
@@ -368,12 +454,20 @@ impl Proxy {
             else {
                 break;
             };
+            if !tried.is_empty() {
+                if shared.budget.as_ref().is_some_and(|b| !b.withdraw()) {
+                    tracing::debug!("retry budget spent: not retrying");
+                    break;
+                }
+                shared.retries_made.fetch_add(1, Ordering::Relaxed);
+            }
             let backend = Arc::clone(admitted.backend());
             tried.push(backend.key());
             let mut conn = match shared.upstream.checkout(&backend).await {
                 Ok(conn) => conn,
                 Err(error) => {
                     tracing::debug!(%error, "trying the next backend");
+                    self.observe(&backend, Outcome::ConnectFailed);
                     last_error = Some(error);
                     continue;
                 }
@@ -381,16 +475,27 @@ impl Proxy {
             loop {
                 // Latency-aware strategies get each response's time to headers.
                 let sent_at = admitted.observes_latency().then(std::time::Instant::now);
+                let replay = self.replay_of(&request, tried.len());
                 let mut error = match self.exchange(&mut conn, request, &mut body_sent).await {
                     Some(Ok(response)) => {
                         if let Some(sent_at) = sent_at {
                             let now = std::time::Instant::now();
                             backend.observe_latency(now - sent_at, now);
                         }
+                        let status = response.status();
+                        self.observe(
+                            &backend,
+                            if status.is_server_error() {
+                                Outcome::ServerError(status.as_u16())
+                            } else {
+                                Outcome::Success
+                            },
+                        );
                         return Ok((response, conn, admitted));
                     }
                     Some(Err(error)) => error,
                     None => {
+                        self.observe(&backend, Outcome::Timeout);
                         return Err(ProxyError::ResponseTimeout {
                             backend: backend.id().to_owned(),
                             timeout: shared.response_timeout,
@@ -398,13 +503,22 @@ impl Proxy {
                     }
                 };
                 let Some(unsent) = error.take_message() else {
-                    return Err(ProxyError::Upstream {
+                    self.observe(&backend, Outcome::Reset);
+                    let error = ProxyError::Upstream {
                         backend: backend.id().to_owned(),
                         source: error.into_error(),
-                    });
+                    };
+                    let Some(replay) = replay else {
+                        return Err(error);
+                    };
+                    tracing::debug!(%error, "idempotent request: trying the next backend");
+                    request = replay;
+                    last_error = Some(error);
+                    continue 'backends;
                 };
                 request = unsent;
                 if !conn.is_reused() {
+                    self.observe(&backend, Outcome::Reset);
                     last_error = Some(ProxyError::Upstream {
                         backend: backend.id().to_owned(),
                         source: error.into_error(),
@@ -415,6 +529,7 @@ impl Proxy {
                 conn = match Box::pin(shared.upstream.connect(&backend)).await {
                     Ok(conn) => conn,
                     Err(error) => {
+                        self.observe(&backend, Outcome::ConnectFailed);
                         last_error = Some(error);
                         continue 'backends;
                     }
@@ -422,6 +537,44 @@ impl Proxy {
             }
         }
         Err(last_error.unwrap_or(ProxyError::NoHealthyBackend))
+    }
+
+    fn observe(&self, backend: &Arc<Backend>, outcome: Outcome) {
+        if let Some(observer) = &self.shared.observer {
+            observer.observe(backend, outcome);
+        }
+    }
+
+    /// A copy of `request` to send elsewhere should its backend break the connection before
+    /// answering: only for idempotent requests without a body (RFC 9110 §9.2.2), and only when
+    /// another backend is left to try, since the copy costs allocations.
+    fn replay_of(
+        &self,
+        request: &Request<RequestBody>,
+        tried: usize,
+    ) -> Option<Request<RequestBody>> {
+        let idempotent = matches!(
+            *request.method(),
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
+        );
+        if !self.shared.retry_idempotent
+            || !idempotent
+            || !http_body::Body::is_end_stream(request.body())
+            || self.shared.pool.load().eligible().len() <= tried
+        {
+            return None;
+        }
+        let mut replay = Request::new(RequestBody::empty());
+        *replay.method_mut() = request.method().clone();
+        *replay.uri_mut() = request.uri().clone();
+        *replay.version_mut() = request.version();
+        *replay.headers_mut() = request.headers().clone();
+        Some(replay)
     }
 
     /// Sends `request` on `conn` and waits for the response headers, for at most the response

@@ -24,6 +24,7 @@ pub use consistent_hash::ConsistentHash;
 pub use least_connections::LeastConnections;
 pub use power_of_two::{Load, PowerOfTwo};
 pub use random::Random;
+pub use rng::SplitMix;
 pub use round_robin::RoundRobin;
 pub use weighted_round_robin::WeightedRoundRobin;
 

@@ -14,21 +14,21 @@ const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
 /// A lock-free SplitMix64 generator: each draw is one relaxed `fetch_add` and a few
 /// multiplications. Draws from several threads interleave, but never repeat.
 #[derive(Debug)]
-pub(crate) struct SplitMix(AtomicU64);
+pub struct SplitMix(AtomicU64);
 
 impl SplitMix {
     /// The same sequence for the same seed.
-    pub(crate) fn from_seed(seed: u64) -> Self {
+    pub fn from_seed(seed: u64) -> Self {
         SplitMix(AtomicU64::new(seed))
     }
 
     /// Seeded from the operating system's randomness (via the standard library's hasher keys).
-    pub(crate) fn from_entropy() -> Self {
+    pub fn from_entropy() -> Self {
         SplitMix::from_seed(RandomState::new().hash_one(0x6c62_6c62_u64))
     }
 
     /// The next 64 random bits.
-    pub(crate) fn next_u64(&self) -> u64 {
+    pub fn next_u64(&self) -> u64 {
         let mut z = self
             .0
             .fetch_add(GOLDEN_GAMMA, Ordering::Relaxed)
@@ -39,7 +39,7 @@ impl SplitMix {
     }
 
     /// A uniform number in `0..n` (n > 0), by multiplying rather than dividing (Lemire).
-    pub(crate) fn below(&self, n: usize) -> usize {
+    pub fn below(&self, n: usize) -> usize {
         ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
     }
 }
