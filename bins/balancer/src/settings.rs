@@ -582,6 +582,72 @@ mod tests {
     }
 
     #[test]
+    fn health_settings_default_and_parse() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.health_probe, ProbeKind::Http);
+        assert_eq!(s.health_status, (200, 299));
+        assert_eq!((s.health_rise, s.health_fall), (1, 1));
+        assert_eq!(s.eject_after, 5);
+        assert_eq!(s.eject_time, Duration::from_secs(30));
+        assert_eq!(s.max_ejected_percent, 50);
+        assert_eq!(s.slow_start, None);
+        assert!(!s.fail_open);
+        assert_eq!(s.retry_budget, 20.0);
+
+        let s = settings(&[
+            "--health-probe",
+            "tcp",
+            "--health-status",
+            "200-399",
+            "--health-rise",
+            "3",
+            "--health-fall",
+            "2",
+            "--eject-after",
+            "0",
+            "--eject-time",
+            "5s",
+            "--max-ejected-percent",
+            "100",
+            "--slow-start",
+            "30s",
+            "--fail-open",
+            "--retry-budget",
+            "5%",
+        ])
+        .unwrap();
+        assert_eq!(s.health_probe, ProbeKind::Tcp);
+        assert_eq!(s.health_status, (200, 399));
+        assert_eq!((s.health_rise, s.health_fall), (3, 2));
+        assert_eq!(s.eject_after, 0);
+        assert_eq!(s.eject_time, Duration::from_secs(5));
+        assert_eq!(s.max_ejected_percent, 100);
+        assert_eq!(s.slow_start, Some(Duration::from_secs(30)));
+        assert!(s.fail_open);
+        assert_eq!(s.retry_budget, 5.0);
+        assert_eq!(
+            settings(&["--health-status", "204"]).unwrap().health_status,
+            (204, 204)
+        );
+
+        for (flag, value) in [
+            ("--health-probe", "icmp"),
+            ("--health-status", "299-200"),
+            ("--health-status", "2xx"),
+            ("--health-rise", "0"),
+            ("--health-fall", "-1"),
+            ("--eject-after", "many"),
+            ("--eject-time", "0s"),
+            ("--max-ejected-percent", "101"),
+            ("--slow-start", "soon"),
+            ("--retry-budget", "-5"),
+        ] {
+            let err = settings(&[flag, value]).unwrap_err();
+            assert!(err.contains(value), "{flag} {value}: {err}");
+        }
+    }
+
+    #[test]
     fn demo_alone_brings_no_default_backends() {
         assert!(settings(&["--demo"]).unwrap().backends.is_empty());
     }
