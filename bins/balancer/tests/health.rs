@@ -76,7 +76,7 @@ impl Fake {
                         }
                         match behaviour {
                             Behaviour::Reset if !health => {
-                                let _ = stream.set_linger(Some(Duration::ZERO));
+                                let _ = stream.set_zero_linger();
                                 return;
                             }
                             _ => {
