@@ -1,4 +1,5 @@
-//! The admin listener: `GET /healthz` and `GET /backends`, never on the traffic port.
+//! The admin listener, never on the traffic port: `GET /healthz`, `GET /backends`, and
+//! `POST /backends/{host:port}/drain` and `/enable`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -12,6 +13,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use lb_core::Pool;
+use lb_health::Checker;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -19,6 +21,7 @@ use tokio::task::JoinSet;
 pub(crate) async fn serve(
     listener: TcpListener,
     pool: Arc<Pool>,
+    checker: Checker,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut shutdown = std::pin::pin!(shutdown);
@@ -33,11 +36,11 @@ pub(crate) async fn serve(
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let pool = Arc::clone(&pool);
+        let (pool, checker) = (Arc::clone(&pool), checker.clone());
         connections.spawn(async move {
             let service = service_fn(move |req| {
-                let pool = Arc::clone(&pool);
-                async move { Ok::<_, Infallible>(route(&req, &pool)) }
+                let response = route(&req, &pool, &checker);
+                async move { Ok::<_, Infallible>(response) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -48,8 +51,41 @@ pub(crate) async fn serve(
     }
 }
 
-fn route(req: &Request<Incoming>, pool: &Pool) -> Response<Full<Bytes>> {
-    match (req.method(), req.uri().path()) {
+fn route(req: &Request<Incoming>, pool: &Pool, checker: &Checker) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if let Some((id, action)) = path
+        .strip_prefix("/backends/")
+        .and_then(|rest| rest.rsplit_once('/'))
+    {
+        let operate = match action {
+            "drain" => Checker::drain,
+            "enable" => Checker::enable,
+            _ => return reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+        };
+        if req.method() != Method::POST {
+            return reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "use POST\n".into(),
+            );
+        }
+        return match operate(checker, id) {
+            Some(backend) => {
+                let body = serde_json::json!({
+                    "id": backend.id(),
+                    "health": backend.health().to_string(),
+                    "in_flight": backend.in_flight(),
+                });
+                reply(StatusCode::OK, "application/json", body.to_string().into())
+            }
+            None => reply(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                format!("no backend {id}\n").into(),
+            ),
+        };
+    }
+    match (req.method(), path) {
         (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         (&Method::GET, "/backends") => {
             let snapshot = pool.load();
@@ -66,6 +102,8 @@ fn route(req: &Request<Incoming>, pool: &Pool) -> Response<Full<Bytes>> {
                         "health": b.health().to_string(),
                         "eligible": eligible.contains(&i),
                         "in_flight": b.in_flight(),
+                        "failures_in_a_row": b.failure_streak(),
+                        "weight_scale": b.weight_scale(),
                     })
                 })
                 .collect();

@@ -122,6 +122,15 @@ fn main() -> ExitCode {
         Ok(proxy) => proxy,
         Err(e) => return fail(USAGE, &e.to_string()),
     };
+    if let Some(path) = &settings.check_only {
+        println!(
+            "config {} is valid: {} backends, {}",
+            path.display(),
+            pool.load().backends().len(),
+            settings.strategy
+        );
+        return ExitCode::SUCCESS;
+    }
     let listeners = match workers::bind(settings.listen, settings.workers) {
         Ok(listeners) => listeners,
         Err(message) => return fail(1, &message),
@@ -165,13 +174,14 @@ fn main() -> ExitCode {
             }
         });
         let (stop, stopped) = watch::channel(());
-        let health = tokio::spawn(checker.run(closed(stopped.clone())));
+        let health = tokio::spawn(checker.clone().run(closed(stopped.clone())));
         if let Some(admin) = admin {
             let admin = TcpListener::from_std(admin)?;
             tracing::info!(addr = %admin.local_addr()?, "admin listening");
             tokio::spawn(admin::serve(
                 admin,
                 Arc::clone(&pool),
+                checker.clone(),
                 closed(stopped.clone()),
             ));
         }

@@ -64,6 +64,10 @@ pub(crate) struct Args {
     /// TOML file with any of the settings below (the command line wins).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Check FILE (with the other flags given) and exit: 0 if the balancer would start with it,
+    /// 2 with a message naming what is wrong (like `nginx -t`).
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    check_config: Option<PathBuf>,
     /// Address (IP:port) to accept client connections on [default: 127.0.0.1:8000].
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
@@ -276,6 +280,8 @@ pub(crate) struct Settings {
     pub(crate) workers: usize,
     pub(crate) grace_period: Duration,
     pub(crate) demo: bool,
+    /// `--check-config`: the file checked, and nothing to run.
+    pub(crate) check_only: Option<PathBuf>,
 }
 
 /// The backends of the original Go balancer.
@@ -289,7 +295,8 @@ impl Settings {
     /// Merges the command line over the config file (if any) over the defaults, and checks what
     /// clap could not. Every error names the value at fault.
     pub(crate) fn from_args(args: Args) -> Result<Self, String> {
-        let file = match &args.config {
+        let check_only = args.check_config.clone();
+        let file = match args.config.as_ref().or(check_only.as_ref()) {
             Some(path) => read_file(path)?,
             None => File::default(),
         };
@@ -425,6 +432,7 @@ impl Settings {
                 .or(file.grace_period)
                 .unwrap_or(Duration::from_secs(30)),
             demo,
+            check_only,
         };
         if settings.admin == Some(settings.listen) && settings.listen.port() != 0 {
             return Err(format!(
