@@ -324,8 +324,12 @@ impl Checker {
     /// One backend's task: probes every (jittered) interval, ends ejections, steps slow start.
     async fn watch(self, backend: Arc<Backend>, wake: Arc<Notify>) {
         let mut next_probe = Instant::now() + self.jittered();
+        let mut last_probe: Option<Instant> = None;
         loop {
             let (ejection_end, ramp_step) = self.timers(&backend);
+            // An ejection's end calls for one probe at once; if the backend is still ejected
+            // after it (fall not reached yet), the next probes keep the usual interval.
+            let ejection_end = ejection_end.filter(|&end| last_probe.is_none_or(|p| p < end));
             let due = [Some(next_probe), ejection_end, ramp_step]
                 .into_iter()
                 .flatten()
@@ -340,6 +344,7 @@ impl Checker {
                 self.ramp(&backend, now);
             }
             if next_probe <= now || ejection_end.is_some_and(|at| at <= now) {
+                last_probe = Some(now);
                 let result = self.probe_once(&backend).await;
                 self.apply_probes(&[(Arc::clone(&backend), result)]);
                 next_probe = (now + self.jittered()).max(Instant::now());

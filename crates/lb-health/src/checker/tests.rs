@@ -279,6 +279,41 @@ async fn an_ejection_that_ends_while_probes_fail_leaves_the_backend_unhealthy() 
 }
 
 #[tokio::test(start_paused = true)]
+async fn after_an_ejection_ends_probes_keep_their_interval_until_fall_is_reached() {
+    let policy = Policy {
+        eject_after: 1,
+        fall: 3,
+        ejection: Duration::from_secs(5),
+        ..Policy::default()
+    };
+    let running = start(policy, Arc::new(Scripted::default())).await;
+    let a = backend(&running.pool, A);
+    let ejected_at = Instant::now();
+    running.checker.observe(&a, Outcome::ConnectFailed);
+    // Probes pass during the ejection and start failing just before it ends, so the backend
+    // is still ejected (fall 3 not reached) after the probe at its end.
+    time::sleep(Duration::from_millis(4500)).await;
+    running.probe.set_down(A, true);
+    time::sleep(Duration::from_millis(3500)).await;
+    let after: Vec<Duration> = running
+        .probe
+        .starts_of(A)
+        .into_iter()
+        .filter(|&at| at >= ejected_at + Duration::from_secs(5))
+        .map(|at| at - ejected_at)
+        .collect();
+    // One probe the moment the ejection ends, then one per interval (less jitter), not a burst.
+    assert_eq!(after[0], Duration::from_secs(5), "{after:?}");
+    assert!(
+        after
+            .windows(2)
+            .all(|w| w[1] - w[0] >= Duration::from_millis(900)),
+        "{after:?}"
+    );
+    assert_eq!(a.health(), Health::Unhealthy);
+}
+
+#[tokio::test(start_paused = true)]
 async fn never_more_than_the_allowed_share_is_ejected() {
     let running = start(Policy::default(), Arc::new(Scripted::default())).await;
     for id in [A, B, C] {
