@@ -1,9 +1,10 @@
 use std::any::Any;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
+use super::round_robin::{first_allowed, in_turn};
 use super::{Context, Strategy};
 use crate::Backend;
 use crate::pool::Snapshot;
@@ -65,10 +66,7 @@ impl Strategy for ConsistentHash {
         }
         let backends = snapshot.backends();
         let Some(key) = ctx.key() else {
-            let start = self.keyless.fetch_add(1, Ordering::Relaxed) % n;
-            return (0..n)
-                .map(|k| eligible[(start + k) % n])
-                .find(|&i| !ctx.is_excluded(&backends[i]));
+            return in_turn(&self.keyless, snapshot, ctx);
         };
         let table = &snapshot.prepared::<Table>()?.0;
         let m = table.len();
@@ -85,12 +83,7 @@ impl Strategy for ConsistentHash {
         (0..m)
             .map(|step| table[(slot + step) % m] as usize)
             .find(|&i| !ctx.is_excluded(&backends[i]) && backends[i].in_flight() < cap)
-            .or_else(|| {
-                eligible
-                    .iter()
-                    .copied()
-                    .find(|&i| !ctx.is_excluded(&backends[i]))
-            })
+            .or_else(|| first_allowed(snapshot, ctx))
     }
 
     fn prepare(

@@ -2,6 +2,7 @@ use std::any::Any;
 use std::sync::Arc;
 
 use super::rng::SplitMix;
+use super::round_robin::first_allowed;
 use super::{Context, Strategy};
 use crate::Backend;
 use crate::pool::Snapshot;
@@ -69,12 +70,7 @@ impl Strategy for Random {
         (0..4)
             .map(|_| draw())
             .find(|&i| !ctx.is_excluded(&backends[i]))
-            .or_else(|| {
-                eligible
-                    .iter()
-                    .copied()
-                    .find(|&i| !ctx.is_excluded(&backends[i]))
-            })
+            .or_else(|| first_allowed(snapshot, ctx))
     }
 
     fn prepare(

@@ -28,20 +28,41 @@ impl RoundRobin {
 
 impl Strategy for RoundRobin {
     fn pick(&self, snapshot: &Snapshot, ctx: &Context<'_>) -> Option<usize> {
-        let eligible = snapshot.eligible();
-        let n = eligible.len();
-        if n == 0 {
-            return None;
-        }
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        if !ctx.has_exclusions() {
-            return Some(eligible[start]);
-        }
-        let backends = snapshot.backends();
-        (0..n)
-            .map(|k| eligible[(start + k) % n])
-            .find(|&i| !ctx.is_excluded(&backends[i]))
+        in_turn(&self.next, snapshot, ctx)
     }
+}
+
+/// Round robin on `counter`: the next eligible backend that `ctx` does not exclude. Also what
+/// strategies that need a request key do for a request without one.
+pub(crate) fn in_turn(
+    counter: &AtomicUsize,
+    snapshot: &Snapshot,
+    ctx: &Context<'_>,
+) -> Option<usize> {
+    let eligible = snapshot.eligible();
+    let n = eligible.len();
+    if n == 0 {
+        return None;
+    }
+    let start = counter.fetch_add(1, Ordering::Relaxed) % n;
+    if !ctx.has_exclusions() {
+        return Some(eligible[start]);
+    }
+    let backends = snapshot.backends();
+    (0..n)
+        .map(|k| eligible[(start + k) % n])
+        .find(|&i| !ctx.is_excluded(&backends[i]))
+}
+
+/// The first eligible backend that `ctx` does not exclude: where a strategy's own choices are
+/// all used up by a retry.
+pub(crate) fn first_allowed(snapshot: &Snapshot, ctx: &Context<'_>) -> Option<usize> {
+    let backends = snapshot.backends();
+    snapshot
+        .eligible()
+        .iter()
+        .copied()
+        .find(|&i| !ctx.is_excluded(&backends[i]))
 }
 
 #[cfg(test)]
