@@ -111,6 +111,46 @@ impl Drop for Fake {
     }
 }
 
+/// Four keep-alive clients sending `GET path` in a loop, `pause` apart, until `finish`.
+struct SteadyLoad {
+    stop: Arc<AtomicBool>,
+    clients: Vec<tokio::task::JoinHandle<Vec<u16>>>,
+}
+
+impl SteadyLoad {
+    fn start(lb: &Arc<Balancer>, path: &'static str, pause: Duration) -> SteadyLoad {
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients = (0..4)
+            .map(|_| {
+                let (lb, stop) = (Arc::clone(lb), Arc::clone(&stop));
+                tokio::spawn(async move {
+                    let client = client();
+                    let mut statuses = Vec::new();
+                    while !stop.load(Ordering::SeqCst) {
+                        let request = Request::get(lb.url(path)).body(Full::default()).unwrap();
+                        statuses.push(send(&client, request).await.status.as_u16());
+                        if !pause.is_zero() {
+                            tokio::time::sleep(pause).await;
+                        }
+                    }
+                    statuses
+                })
+            })
+            .collect();
+        SteadyLoad { stop, clients }
+    }
+
+    /// Stops the clients and returns every status they received.
+    async fn finish(self) -> Vec<u16> {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut statuses = Vec::new();
+        for client in self.clients {
+            statuses.extend(client.await.unwrap());
+        }
+        statuses
+    }
+}
+
 async fn get_ping(lb: &Balancer) -> Reply {
     send(
         &client(),
@@ -224,34 +264,11 @@ async fn a_killed_backend_costs_no_client_request_under_steady_load() {
     let mut all = backends(3).await;
     let urls: Vec<String> = all.iter().map(|b| b.url()).collect();
     let lb = Arc::new(start(&urls, &["--health-interval", "200ms"]));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut loads = Vec::new();
-    for _ in 0..4 {
-        let (lb, stop) = (Arc::clone(&lb), Arc::clone(&stop));
-        loads.push(tokio::spawn(async move {
-            let client = client();
-            let mut statuses = Vec::new();
-            while !stop.load(Ordering::SeqCst) {
-                let reply = send(
-                    &client,
-                    Request::get(lb.url("/delay/2"))
-                        .body(Full::default())
-                        .unwrap(),
-                )
-                .await;
-                statuses.push(reply.status.as_u16());
-            }
-            statuses
-        }));
-    }
+    let load = SteadyLoad::start(&lb, "/delay/2", Duration::ZERO);
     tokio::time::sleep(Duration::from_millis(700)).await;
     all.pop().unwrap().kill().await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop.store(true, Ordering::SeqCst);
-    let mut statuses = Vec::new();
-    for load in loads {
-        statuses.extend(load.await.unwrap());
-    }
+    let statuses = load.finish().await;
     let failed: Vec<_> = statuses.iter().filter(|&&s| s != 200).collect();
     assert!(statuses.len() > 200, "{} requests", statuses.len());
     assert!(
@@ -307,25 +324,7 @@ async fn chaos_one_backend_killed_and_restarted_every_second_for_ten_seconds() {
         &urls,
         &["--health-interval", "100ms", "--health-timeout", "100ms"],
     ));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut loads = Vec::new();
-    for _ in 0..4 {
-        let (lb, stop) = (Arc::clone(&lb), Arc::clone(&stop));
-        loads.push(tokio::spawn(async move {
-            let client = client();
-            let mut statuses = Vec::new();
-            while !stop.load(Ordering::SeqCst) {
-                let reply = send(
-                    &client,
-                    Request::get(lb.url("/ping")).body(Full::default()).unwrap(),
-                )
-                .await;
-                statuses.push(reply.status.as_u16());
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            statuses
-        }));
-    }
+    let load = SteadyLoad::start(&lb, "/ping", Duration::from_millis(2));
     for round in 0..10 {
         let victim = round % 3;
         let addr = all[victim].local_addr();
@@ -338,11 +337,7 @@ async fn chaos_one_backend_killed_and_restarted_every_second_for_ten_seconds() {
         all.insert(victim, restarted);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    stop.store(true, Ordering::SeqCst);
-    let mut statuses = Vec::new();
-    for load in loads {
-        statuses.extend(load.await.unwrap());
-    }
+    let statuses = load.finish().await;
     // Two of three backends are up at every moment, so "none healthy" (503) never happens.
     let not_ok: Vec<_> = statuses.iter().filter(|&&s| s != 200).collect();
     assert!(statuses.len() > 1000, "{} requests", statuses.len());
