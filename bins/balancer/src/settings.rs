@@ -373,8 +373,9 @@ impl Settings {
             slow_start: args.slow_start.or(file.slow_start),
             fail_open: args.fail_open || file.fail_open.unwrap_or(false),
             retry_budget: match args.retry_budget.or(file.retry_budget) {
-                Some(p) => parse_percent(&p.to_string())
-                    .map_err(|e| format!("invalid retry-budget \"{p}\": {e}"))?,
+                Some(p) => {
+                    check_percent(p).map_err(|e| format!("invalid retry-budget \"{p}\": {e}"))?
+                }
                 None => 20.0,
             },
             health_interval: args
@@ -492,11 +493,21 @@ fn status_range<'de, D: Deserializer<'de>>(de: D) -> Result<Option<(u16, u16)>, 
 
 /// A percentage, 0 to 1000 (tower's budget allows several retries per request).
 fn parse_percent(text: &str) -> Result<f32, String> {
-    match text.trim_end_matches('%').parse::<f32>() {
-        Ok(p) if (0.0..=1000.0).contains(&p) => Ok(p),
-        _ => Err("must be a percentage from 0 to 1000, e.g. 20".to_owned()),
+    text.trim_end_matches('%')
+        .parse::<f32>()
+        .map_err(|_| PERCENT.to_owned())
+        .and_then(check_percent)
+}
+
+fn check_percent(p: f32) -> Result<f32, String> {
+    if (0.0..=1000.0).contains(&p) {
+        Ok(p)
+    } else {
+        Err(PERCENT.to_owned())
     }
 }
+
+const PERCENT: &str = "must be a percentage from 0 to 1000, e.g. 20";
 
 fn parse_hash_key(text: &str) -> Result<HashKey, String> {
     text.parse()

@@ -60,6 +60,15 @@ struct Tracked {
     wake: Arc<Notify>,
 }
 
+impl Tracked {
+    fn new(machine: Machine) -> Self {
+        Tracked {
+            machine,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+}
+
 impl Checker {
     /// A checker of `pool` that uses `probe`.
     pub fn new(pool: Arc<Pool>, probe: impl Probe) -> Self {
@@ -232,9 +241,11 @@ impl Checker {
         machines: &'m mut HashMap<u64, Tracked>,
         backend: &Arc<Backend>,
     ) -> &'m mut Tracked {
-        machines.entry(backend.key()).or_insert_with(|| Tracked {
-            machine: Machine::first(backend.health() == Health::Healthy, Instant::now()),
-            wake: Arc::new(Notify::new()),
+        machines.entry(backend.key()).or_insert_with(|| {
+            Tracked::new(Machine::first(
+                backend.health() == Health::Healthy,
+                Instant::now(),
+            ))
         })
     }
 
@@ -295,13 +306,7 @@ impl Checker {
             } else {
                 let machine = Machine::first(error.is_none(), now);
                 initial.push((Arc::clone(backend), machine.state(), error));
-                machines.insert(
-                    backend.key(),
-                    Tracked {
-                        machine,
-                        wake: Arc::new(Notify::new()),
-                    },
-                );
+                machines.insert(backend.key(), Tracked::new(machine));
             }
         }
         self.pool
