@@ -553,17 +553,8 @@ impl Proxy {
         request: &Request<RequestBody>,
         tried: usize,
     ) -> Option<Request<RequestBody>> {
-        let idempotent = matches!(
-            *request.method(),
-            Method::GET
-                | Method::HEAD
-                | Method::OPTIONS
-                | Method::TRACE
-                | Method::PUT
-                | Method::DELETE
-        );
         if !self.shared.retry_idempotent
-            || !idempotent
+            || !request.method().is_idempotent()
             || !http_body::Body::is_end_stream(request.body())
             || self.shared.pool.load().eligible().len() <= tried
         {
