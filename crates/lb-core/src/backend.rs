@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use url::{Host, Url};
 
-use crate::Error;
+use crate::{Error, Stats};
 
 /// Whether a backend may be given new requests, and if not, why.
 ///
@@ -306,8 +306,11 @@ pub struct Backend {
     health: AtomicU8,
     /// Failures in a row seen in live traffic (passive health's input).
     failure_streak: AtomicU32,
+    /// The configured weight (a reload may change it).
+    weight: AtomicU32,
     /// Share of the weight in force, in thousandths: below 1000 while slow start ramps it up.
     weight_scale: AtomicU32,
+    stats: Stats,
     /// Requests in flight to every backend of the pool this one belongs to.
     total_in_flight: Arc<AtomicU64>,
     latency: PeakEwma,
@@ -329,7 +332,9 @@ impl Backend {
             in_flight: AtomicU64::new(0),
             health: AtomicU8::new(Health::Healthy as u8),
             failure_streak: AtomicU32::new(0),
+            weight: AtomicU32::new(spec.weight()),
             weight_scale: AtomicU32::new(FULL_WEIGHT),
+            stats: Stats::default(),
             total_in_flight,
             latency: PeakEwma::new(),
             spec,
@@ -357,9 +362,20 @@ impl Backend {
         self.spec.address()
     }
 
-    /// The relative share of traffic for weighted strategies.
+    /// The relative share of traffic for weighted strategies: the spec's, until a reload
+    /// ([`Pool::reconfigure`](crate::Pool::reconfigure)) changes it.
     pub fn weight(&self) -> u32 {
-        self.spec.weight()
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    /// Stores a new weight (never 0); only the pool calls this, then publishes a snapshot.
+    pub(crate) fn store_weight(&self, weight: u32) -> u32 {
+        self.weight.swap(weight.max(1), Ordering::Relaxed)
+    }
+
+    /// What happened to this backend's requests so far.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
     }
 
     /// The weight strategies use now, in thousandths of a weight unit: [`weight`](Self::weight)
@@ -410,7 +426,11 @@ impl Backend {
     /// Stores a new health state and returns the previous one. Only the pool calls this, under
     /// its writer lock, so that the snapshot it then publishes agrees with the atomics.
     pub(crate) fn store_health(&self, health: Health) -> Health {
-        Health::from_u8(self.health.swap(health as u8, Ordering::AcqRel))
+        let previous = Health::from_u8(self.health.swap(health as u8, Ordering::AcqRel));
+        if health == Health::Ejected && previous != Health::Ejected {
+            self.stats.record_ejection();
+        }
+        previous
     }
 
     /// Requests sent to this backend whose response has not finished yet.

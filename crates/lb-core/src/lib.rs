@@ -28,12 +28,14 @@ mod backend;
 mod error;
 mod outcome;
 mod pool;
+pub mod stats;
 pub mod strategy;
 
 pub use backend::{Address, Backend, BackendSpec, FULL_WEIGHT, Health, InFlight, Protocol};
 pub use error::Error;
 pub use outcome::{Observer, Outcome};
-pub use pool::{Pool, Snapshot};
+pub use pool::{Pool, Reconfigured, Snapshot};
+pub use stats::Stats;
 pub use strategy::{
     ConsistentHash, Context, LeastConnections, Load, PowerOfTwo, Random, RoundRobin, SplitMix,
     Strategy, WeightedRoundRobin,

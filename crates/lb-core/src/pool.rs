@@ -279,6 +279,69 @@ impl Pool {
         Some(removed)
     }
 
+    /// Makes the pool hold the backends of `specs`, in that order, and (if given) select with
+    /// `strategy`, in one new snapshot: what a configuration reload does.
+    ///
+    /// A backend whose `host:port`, URL and protocol are unchanged is kept as it is: its
+    /// health, counters, in-flight requests and (in the proxy) pooled connections survive; only
+    /// its weight is updated. Backends that are new join with `new_health` (`Unhealthy` keeps
+    /// them out until a health check has passed, as Envoy does for new hosts). Backends no
+    /// longer listed leave every new snapshot and are marked draining: requests in flight to
+    /// them finish. Fails, changing nothing, if two specs name the same `host:port`.
+    pub fn reconfigure(
+        &self,
+        specs: impl IntoIterator<Item = BackendSpec>,
+        strategy: Option<Arc<dyn Strategy>>,
+        new_health: Health,
+    ) -> Result<Reconfigured, Error> {
+        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = self.current.load();
+        let mut changes = Reconfigured::default();
+        let mut backends = Vec::new();
+        for spec in specs {
+            let kept = current.backends.iter().find(|b| {
+                b.id() == spec.id()
+                    && b.spec().url() == spec.url()
+                    && b.protocol() == spec.protocol()
+            });
+            match kept {
+                Some(backend) => {
+                    if backend.weight() != spec.weight() {
+                        changes.reweighted.push(Arc::clone(backend));
+                    }
+                    backends.push((Arc::clone(backend), spec.weight()));
+                }
+                None => {
+                    let weight = spec.weight();
+                    let backend =
+                        Arc::new(Backend::in_group(spec, Arc::clone(&self.total_in_flight)));
+                    changes.added.push(Arc::clone(&backend));
+                    backends.push((backend, weight));
+                }
+            }
+        }
+        let weighted = backends;
+        let backends = unique(weighted.iter().map(|(b, _)| Arc::clone(b)).collect())?;
+        changes.removed = current
+            .backends
+            .iter()
+            .filter(|old| !backends.iter().any(|b| b.key() == old.key()))
+            .cloned()
+            .collect();
+        for backend in &changes.added {
+            backend.store_health(new_health);
+        }
+        for backend in &changes.removed {
+            backend.store_health(Health::Draining);
+        }
+        for (backend, weight) in weighted {
+            backend.store_weight(weight);
+        }
+        let strategy = strategy.unwrap_or_else(|| Arc::clone(&current.strategy));
+        self.publish(&current, backends, strategy);
+        Ok(changes)
+    }
+
     /// Publishes the current backends again (under the writer lock).
     fn republish(&self) {
         let current = self.current.load();
@@ -310,6 +373,25 @@ impl fmt::Debug for Pool {
         f.debug_struct("Pool")
             .field("current", &self.current.load())
             .finish()
+    }
+}
+
+/// What [`Pool::reconfigure`] changed.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct Reconfigured {
+    /// Backends that joined.
+    pub added: Vec<Arc<Backend>>,
+    /// Backends that left (now draining; those still referenced finish their requests).
+    pub removed: Vec<Arc<Backend>>,
+    /// Backends kept whose weight changed.
+    pub reweighted: Vec<Arc<Backend>>,
+}
+
+impl Reconfigured {
+    /// True when no backend was added, removed or re-weighted.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.reweighted.is_empty()
     }
 }
 
@@ -391,6 +473,85 @@ mod tests {
             pool.set_health(b, Health::Unhealthy);
         }
         assert!(pool.select(&Context::new()).is_none());
+    }
+
+    fn specs(urls: &[&str]) -> Vec<BackendSpec> {
+        urls.iter().map(|u| u.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn reconfigure_keeps_unchanged_backends_and_swaps_the_rest_in_one_snapshot() {
+        let pool = pool(3); // 8000, 8001, 8002
+        let kept = pool.get("127.0.0.1:8001").unwrap();
+        pool.set_health(&kept, Health::Unhealthy);
+        let _in_flight = kept.start_request();
+        kept.stats().record_connection();
+        let removed = pool.get("127.0.0.1:8000").unwrap();
+        let generation = pool.load().generation();
+
+        let changes = pool
+            .reconfigure(
+                specs(&[
+                    "http://127.0.0.1:8001,weight=3",
+                    "http://127.0.0.1:8002",
+                    "http://127.0.0.1:8003",
+                ]),
+                Some(Arc::new(crate::WeightedRoundRobin::new())),
+                Health::Unhealthy,
+            )
+            .unwrap();
+
+        let snap = pool.load();
+        assert_eq!(snap.generation(), generation + 1);
+        let ids: Vec<_> = snap.backends().iter().map(|b| b.id()).collect();
+        assert_eq!(ids, ["127.0.0.1:8001", "127.0.0.1:8002", "127.0.0.1:8003"]);
+        // The kept backend is the same one, with its state and counters, re-weighted.
+        assert!(Arc::ptr_eq(&snap.backends()[0], &kept));
+        assert_eq!(kept.health(), Health::Unhealthy);
+        assert_eq!(kept.in_flight(), 1);
+        assert_eq!(kept.stats().connections_opened(), 1);
+        assert_eq!(kept.weight(), 3);
+        // New ones wait for a check; removed ones drain.
+        assert_eq!(snap.backends()[2].health(), Health::Unhealthy);
+        assert_eq!(removed.health(), Health::Draining);
+        assert_eq!(snap.eligible(), &[1]);
+        assert!(format!("{:?}", snap.strategy()).starts_with("WeightedRoundRobin"));
+        let ids = |v: &[Arc<Backend>]| v.iter().map(|b| b.id().to_owned()).collect::<Vec<_>>();
+        assert_eq!(ids(&changes.added), ["127.0.0.1:8003"]);
+        assert_eq!(ids(&changes.removed), ["127.0.0.1:8000"]);
+        assert_eq!(ids(&changes.reweighted), ["127.0.0.1:8001"]);
+    }
+
+    #[test]
+    fn reconfigure_with_a_changed_protocol_replaces_the_backend() {
+        let pool = pool(1);
+        let old = pool.get("127.0.0.1:8000").unwrap();
+        let changes = pool
+            .reconfigure(specs(&["h2c://127.0.0.1:8000"]), None, Health::Healthy)
+            .unwrap();
+        assert_eq!((changes.added.len(), changes.removed.len()), (1, 1));
+        assert!(!Arc::ptr_eq(&pool.get("127.0.0.1:8000").unwrap(), &old));
+    }
+
+    #[test]
+    fn a_refused_reconfigure_changes_nothing() {
+        let pool = pool(2);
+        let before = pool.load().clone();
+        let err = pool
+            .reconfigure(
+                specs(&["http://127.0.0.1:9000,weight=5", "http://127.0.0.1:9000"]),
+                None,
+                Health::Healthy,
+            )
+            .unwrap_err();
+        assert_eq!(err.to_string(), "duplicate backend 127.0.0.1:9000");
+        assert!(Arc::ptr_eq(&pool.load(), &before));
+        assert!(
+            before
+                .backends()
+                .iter()
+                .all(|b| b.health() == Health::Healthy)
+        );
     }
 
     #[test]

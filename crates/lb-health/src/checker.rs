@@ -5,9 +5,13 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use lb_core::{Backend, FULL_WEIGHT, Health, Observer, Outcome, Pool, SplitMix};
+use arc_swap::ArcSwap;
+use lb_core::{
+    Backend, BackendSpec, FULL_WEIGHT, Health, Observer, Outcome, Pool, Reconfigured, SplitMix,
+    Strategy,
+};
 use tokio::sync::{Notify, broadcast};
 use tokio::task::JoinSet;
 use tokio::time::{self, Instant};
@@ -32,16 +36,20 @@ use crate::{Probe, ProbeError};
 /// Every change is published to the pool (a new snapshot, so the request path reads one atomic
 /// per backend and takes no lock) and sent to [`subscribe`](Self::subscribe)rs as a
 /// [`Transition`]. Defaults: interval 1 s, timeout 1 s, [`Policy::default`].
+///
+/// Everything can change while it runs (a configuration reload): the probe and settings with
+/// [`set_probe`](Self::set_probe) and its siblings, the backends with
+/// [`update_backends`](Self::update_backends). Clones share all of it.
 #[derive(Clone)]
 pub struct Checker {
     pool: Arc<Pool>,
-    probe: Arc<dyn Probe>,
-    settings: Arc<Settings>,
+    settings: Arc<ArcSwap<Settings>>,
     shared: Arc<Shared>,
 }
 
 #[derive(Debug, Clone)]
 struct Settings {
+    probe: Arc<dyn Probe>,
     interval: Duration,
     timeout: Duration,
     policy: Policy,
@@ -52,12 +60,15 @@ struct Shared {
     events: broadcast::Sender<Transition>,
     /// Draws the probes' jitter.
     jitter: SplitMix,
+    /// Tells [`Checker::run`] that the pool's backends changed.
+    backends_changed: Notify,
 }
 
 struct Tracked {
     machine: Machine,
-    /// Wakes the backend's task when its timers change (an ejection began).
+    /// Wakes the backend's task when its timers change (an ejection began, a new interval).
     wake: Arc<Notify>,
+    last_probe: Option<ProbeRecord>,
 }
 
 impl Tracked {
@@ -65,7 +76,30 @@ impl Tracked {
         Tracked {
             machine,
             wake: Arc::new(Notify::new()),
+            last_probe: None,
         }
+    }
+}
+
+/// The last active probe of a backend, for operators ([`Checker::last_probe`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeRecord {
+    /// When it started.
+    pub at: SystemTime,
+    /// How long it took (up to the timeout).
+    pub took: Duration,
+    /// Why it failed; `None` if it passed.
+    pub error: Option<String>,
+}
+
+impl Shared {
+    fn new(jitter: SplitMix) -> Arc<Self> {
+        Arc::new(Shared {
+            machines: Mutex::new(HashMap::new()),
+            events: broadcast::channel(1024).0,
+            jitter,
+            backends_changed: Notify::new(),
+        })
     }
 }
 
@@ -74,51 +108,109 @@ impl Checker {
     pub fn new(pool: Arc<Pool>, probe: impl Probe) -> Self {
         Checker {
             pool,
-            probe: Arc::new(probe),
-            settings: Arc::new(Settings {
+            settings: Arc::new(ArcSwap::from_pointee(Settings {
+                probe: Arc::new(probe),
                 interval: Duration::from_secs(1),
                 timeout: Duration::from_secs(1),
                 policy: Policy::default(),
-            }),
-            shared: Arc::new(Shared {
-                machines: Mutex::new(HashMap::new()),
-                events: broadcast::channel(1024).0,
-                jitter: SplitMix::from_entropy(),
-            }),
+            })),
+            shared: Shared::new(SplitMix::from_entropy()),
         }
     }
 
     /// Time between the starts of two probes of one backend (default 1 s), less the jitter.
-    pub fn with_interval(mut self, interval: Duration) -> Self {
-        Arc::make_mut(&mut self.settings).interval = interval.max(Duration::from_millis(1));
+    pub fn with_interval(self, interval: Duration) -> Self {
+        self.set_interval(interval);
         self
     }
 
     /// Longest wait for one probe (default 1 s).
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        Arc::make_mut(&mut self.settings).timeout = timeout;
+    pub fn with_timeout(self, timeout: Duration) -> Self {
+        self.set_timeout(timeout);
         self
     }
 
     /// Thresholds, ejection and slow start (default [`Policy::default`]).
-    pub fn with_policy(mut self, policy: Policy) -> Self {
-        Arc::make_mut(&mut self.settings).policy = policy;
+    pub fn with_policy(self, policy: Policy) -> Self {
+        self.set_policy(policy);
         self
     }
 
     /// Seeds the jitter, for reproducible tests (default: from the operating system).
     pub fn with_jitter_seed(mut self, seed: u64) -> Self {
-        self.shared = Arc::new(Shared {
-            machines: Mutex::new(HashMap::new()),
-            events: broadcast::channel(1024).0,
-            jitter: SplitMix::from_seed(seed),
-        });
+        self.shared = Shared::new(SplitMix::from_seed(seed));
         self
     }
 
+    /// Probes with `probe` from now on (a probe already running finishes with the old one).
+    pub fn set_probe(&self, probe: impl Probe) {
+        let probe: Arc<dyn Probe> = Arc::new(probe);
+        self.settings.rcu(|s| Settings {
+            probe: Arc::clone(&probe),
+            ..Settings::clone(s)
+        });
+    }
+
+    /// Changes the interval; every backend's next probe comes at most one new interval from
+    /// now.
+    pub fn set_interval(&self, interval: Duration) {
+        let interval = interval.max(Duration::from_millis(1));
+        self.settings.rcu(|s| Settings {
+            interval,
+            ..Settings::clone(s)
+        });
+        for tracked in self.lock().values() {
+            tracked.wake.notify_one();
+        }
+    }
+
+    /// Changes the probe timeout, from the next probe on.
+    pub fn set_timeout(&self, timeout: Duration) {
+        self.settings.rcu(|s| Settings {
+            timeout,
+            ..Settings::clone(s)
+        });
+    }
+
+    /// Changes the policy. Backends keep their state; the new thresholds count from the next
+    /// probe or failure on.
+    pub fn set_policy(&self, policy: Policy) {
+        self.settings.rcu(|s| Settings {
+            policy: policy.clone(),
+            ..Settings::clone(s)
+        });
+    }
+
     /// The policy in force.
-    pub fn policy(&self) -> &Policy {
-        &self.settings.policy
+    pub fn policy(&self) -> Policy {
+        self.settings.load().policy.clone()
+    }
+
+    /// Makes the pool hold the backends of `specs` (and select with `strategy`, if given) with
+    /// [`Pool::reconfigure`]: unchanged backends keep their health; removed ones drain and are
+    /// no longer probed. New backends take no traffic until their first probe, which runs
+    /// before this returns, so a reload never sends requests to a new backend that is down.
+    pub async fn update_backends(
+        &self,
+        specs: impl IntoIterator<Item = BackendSpec>,
+        strategy: Option<Arc<dyn Strategy>>,
+    ) -> Result<Reconfigured, lb_core::Error> {
+        let changes = self.pool.reconfigure(specs, strategy, Health::Unhealthy)?;
+        {
+            let mut machines = self.lock();
+            for removed in &changes.removed {
+                machines.remove(&removed.key());
+            }
+        }
+        self.shared.backends_changed.notify_one();
+        self.check(changes.added.iter().cloned()).await;
+        Ok(changes)
+    }
+
+    /// The last active probe of the backend with this `host:port`, if it has been probed.
+    pub fn last_probe(&self, id: &str) -> Option<ProbeRecord> {
+        let backend = self.pool.get(id)?;
+        self.lock().get(&backend.key())?.last_probe.clone()
     }
 
     /// Probes every backend once, concurrently, and applies the results before returning. For
@@ -126,9 +218,14 @@ impl Checker {
     /// The balancer runs this before it starts listening, so that its first requests already
     /// avoid backends that are down.
     pub async fn check_all(&self) {
+        let backends = self.pool.load().backends().to_vec();
+        self.check(backends).await;
+    }
+
+    /// [`check_all`](Self::check_all) for some backends.
+    async fn check(&self, backends: impl IntoIterator<Item = Arc<Backend>>) {
         let mut probes = JoinSet::new();
-        for backend in self.pool.load().backends() {
-            let backend = Arc::clone(backend);
+        for backend in backends {
             let this = self.clone();
             probes.spawn(async move {
                 let result = this.probe_once(&backend).await;
@@ -171,9 +268,11 @@ impl Checker {
                     watched.insert(*key, task);
                 }
             }
+            let interval = self.settings.load().interval;
             tokio::select! {
                 () = &mut shutdown => return,
-                () = time::sleep(self.settings.interval) => {}
+                () = time::sleep(interval) => {}
+                () = self.shared.backends_changed.notified() => {}
             }
             // Reap finished (aborted) tasks so the set does not grow.
             while tasks.try_join_next().is_some() {}
@@ -264,7 +363,7 @@ impl Checker {
         let failing_open = self.pool.load().failing_open();
         if change.to == Health::Healthy
             && change.from != Health::Draining
-            && let Some(window) = self.settings.policy.slow_start
+            && let Some(window) = self.settings.load().policy.slow_start
         {
             self.pool
                 .set_weight_scale(backend, state::slow_start_scale(Duration::ZERO, window));
@@ -292,21 +391,29 @@ impl Checker {
     }
 
     /// Applies a round of probe results; first results become initial states, in one snapshot.
-    fn apply_probes(&self, results: &[(Arc<Backend>, Result<(), ProbeError>)]) {
+    fn apply_probes(&self, results: &[(Arc<Backend>, ProbeRecord)]) {
         let now = Instant::now();
         let mut machines = self.lock();
         let failing_open = self.pool.load().failing_open();
+        let policy = self.policy();
         let mut initial = Vec::new();
-        for (backend, result) in results {
-            let error = result.as_ref().err().map(ToString::to_string);
+        for (backend, record) in results {
+            let error = record.error.clone();
             if let Some(tracked) = machines.get_mut(&backend.key()) {
-                if let Some(change) = tracked.machine.on_probe(error, now, &self.settings.policy) {
+                tracked.last_probe = Some(record.clone());
+                if let Some(change) = tracked.machine.on_probe(error, now, &policy) {
                     self.publish(backend, change);
                 }
-            } else {
+            } else if self
+                .pool
+                .get(backend.id())
+                .is_some_and(|b| b.key() == backend.key())
+            {
                 let machine = Machine::first(error.is_none(), now);
                 initial.push((Arc::clone(backend), machine.state(), error));
-                machines.insert(backend.key(), Tracked::new(machine));
+                let mut tracked = Tracked::new(machine);
+                tracked.last_probe = Some(record.clone());
+                machines.insert(backend.key(), tracked);
             }
         }
         self.pool
@@ -342,7 +449,11 @@ impl Checker {
                 .unwrap_or(next_probe);
             tokio::select! {
                 () = time::sleep_until(due) => {}
-                () = wake.notified() => continue,
+                () = wake.notified() => {
+                    // The interval may have changed: the next probe is at most one away.
+                    next_probe = next_probe.min(Instant::now() + self.jittered());
+                    continue;
+                }
             }
             let now = Instant::now();
             if ramp_step.is_some_and(|at| at <= now) {
@@ -365,6 +476,7 @@ impl Checker {
         };
         let ramp = self
             .settings
+            .load()
             .policy
             .slow_start
             .filter(|_| {
@@ -380,7 +492,7 @@ impl Checker {
         let machines = self.lock();
         if let (Some(tracked), Some(window)) = (
             machines.get(&backend.key()),
-            self.settings.policy.slow_start,
+            self.settings.load().policy.slow_start,
         ) && tracked.machine.state() == Health::Healthy
         {
             let elapsed = now.saturating_duration_since(tracked.machine.healthy_since());
@@ -389,17 +501,23 @@ impl Checker {
         }
     }
 
-    async fn probe_once(&self, backend: &Backend) -> Result<(), ProbeError> {
-        let timeout = self.settings.timeout;
-        match time::timeout(timeout, self.probe.probe(backend)).await {
+    async fn probe_once(&self, backend: &Backend) -> ProbeRecord {
+        let settings = self.settings.load_full();
+        let (at, started) = (SystemTime::now(), Instant::now());
+        let result = match time::timeout(settings.timeout, settings.probe.probe(backend)).await {
             Ok(result) => result,
-            Err(_) => Err(ProbeError::Timeout(timeout)),
+            Err(_) => Err(ProbeError::Timeout(settings.timeout)),
+        };
+        ProbeRecord {
+            at,
+            took: started.elapsed(),
+            error: result.err().map(|e| e.to_string()),
         }
     }
 
     /// The interval less a random part of up to a tenth of it.
     fn jittered(&self) -> Duration {
-        let interval = self.settings.interval;
+        let interval = self.settings.load().interval;
         let draw = self.shared.jitter.next_u64();
         let tenth = interval / 10;
         let jitter = Duration::from_nanos(
@@ -418,7 +536,8 @@ impl Observer for Checker {
             return;
         }
         let failures = backend.record_failure();
-        let policy = &self.settings.policy;
+        let settings = self.settings.load();
+        let policy = &settings.policy;
         // The common failure (a backend already out, or a streak still short) takes no lock.
         if policy.eject_after == 0
             || failures < policy.eject_after
@@ -450,11 +569,12 @@ impl Observer for Checker {
 
 impl fmt::Debug for Checker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let settings = self.settings.load();
         f.debug_struct("Checker")
-            .field("probe", &self.probe)
-            .field("interval", &self.settings.interval)
-            .field("timeout", &self.settings.timeout)
-            .field("policy", &self.settings.policy)
+            .field("probe", &settings.probe)
+            .field("interval", &settings.interval)
+            .field("timeout", &settings.timeout)
+            .field("policy", &settings.policy)
             .finish()
     }
 }

@@ -38,7 +38,7 @@ mod http;
 mod probe;
 pub mod state;
 
-pub use checker::{Checker, Events};
+pub use checker::{Checker, Events, ProbeRecord};
 pub use http::HttpProbe;
 pub use probe::{Probe, ProbeError, TcpProbe};
 pub use state::{Policy, Reason, Transition};

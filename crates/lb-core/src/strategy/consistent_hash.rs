@@ -93,6 +93,10 @@ impl Strategy for ConsistentHash {
     ) -> Option<Box<dyn Any + Send + Sync>> {
         Some(Box::new(build_table(backends, eligible)))
     }
+
+    fn uses_key(&self) -> bool {
+        true
+    }
 }
 
 /// Fills a Maglev table for the eligible backends.

@@ -77,6 +77,12 @@ pub trait Strategy: Send + Sync + fmt::Debug + 'static {
     fn uses_latency(&self) -> bool {
         false
     }
+
+    /// True if the strategy reads the request's key ([`Context::key`]): the proxy then computes
+    /// one per request.
+    fn uses_key(&self) -> bool {
+        false
+    }
 }
 
 /// A boxed strategy is a strategy: lets a program choose one at run time (by name, from its
@@ -96,6 +102,10 @@ impl<S: Strategy + ?Sized> Strategy for Box<S> {
 
     fn uses_latency(&self) -> bool {
         (**self).uses_latency()
+    }
+
+    fn uses_key(&self) -> bool {
+        (**self).uses_key()
     }
 }
 

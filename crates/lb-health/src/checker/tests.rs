@@ -443,3 +443,77 @@ async fn fail_open_routes_to_every_backend_when_none_is_healthy() {
     assert!(!running.pool.load().failing_open());
     assert_eq!(eligible_ids(&running.pool), [C]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn update_backends_keeps_state_probes_new_ones_first_and_forgets_removed_ones() {
+    let probe = Arc::new(Scripted::default());
+    probe.set_down(B, true);
+    let policy = Policy {
+        rise: 1,
+        fall: 1,
+        ..Policy::default()
+    };
+    let running = start(policy, Arc::clone(&probe)).await;
+    let (pool, checker) = (&running.pool, &running.checker);
+    assert_eq!(eligible_ids(pool), [A, C]);
+    let b = backend(pool, B);
+
+    // D is new and up, E is new and down; A leaves; B stays down; C is re-weighted.
+    const D: &str = "127.0.0.1:4";
+    const E: &str = "127.0.0.1:5";
+    probe.set_down(E, true);
+    let specs = [B, &format!("{C},weight=4"), D, E].map(|s| format!("http://{s}").parse().unwrap());
+    let changes = checker.update_backends(specs, None).await.unwrap();
+    assert_eq!(changes.added.len(), 2);
+    assert_eq!(changes.removed.len(), 1);
+    // New backends were probed before it returned: D in, E out, from the start.
+    assert_eq!(eligible_ids(pool), [C, D]);
+    assert!(Arc::ptr_eq(&backend(pool, B), &b));
+    assert_eq!(backend(pool, C).weight(), 4);
+    assert!(checker.last_probe(E).unwrap().error.is_some());
+    assert!(checker.last_probe(D).unwrap().error.is_none());
+    assert!(checker.last_probe(A).is_none());
+
+    // The running checker watches the new backends (D fails, then recovers) and no longer
+    // probes A.
+    let probes_of_a = probe.starts_of(A).len();
+    probe.set_down(D, true);
+    time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(eligible_ids(pool), [C]);
+    probe.set_down(B, false);
+    probe.set_down(D, false);
+    time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(eligible_ids(pool), [B, C, D]);
+    assert_eq!(probe.starts_of(A).len(), probes_of_a);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shorter_interval_applies_at_once() {
+    let probe = Arc::new(Scripted::default());
+    let running = start(Policy::default(), Arc::clone(&probe)).await;
+    running.checker.set_interval(Duration::from_secs(60));
+    time::sleep(Duration::from_secs(2)).await;
+    let before = probe.starts_of(A).len();
+    // With a 60 s interval, the next probe of A is ~a minute away; a 100 ms one takes over now.
+    running.checker.set_interval(Duration::from_millis(100));
+    time::sleep(Duration::from_secs(1)).await;
+    let probes = probe.starts_of(A).len() - before;
+    assert!((9..=12).contains(&probes), "{probes} probes in 1 s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn set_probe_and_set_policy_take_effect_on_the_next_probe() {
+    let probe = Arc::new(Scripted::default());
+    let running = start(Policy::default(), Arc::clone(&probe)).await;
+    let other = Arc::new(Scripted::default());
+    other.set_down(A, true);
+    running.checker.set_policy(Policy {
+        fall: 1,
+        ..Policy::default()
+    });
+    running.checker.set_probe(Arc::clone(&other));
+    time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(eligible_ids(&running.pool), [B, C]);
+    assert!(!other.starts_of(B).is_empty());
+    assert_eq!(running.checker.policy().fall, 1);
+}
