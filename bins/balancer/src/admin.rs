@@ -1,5 +1,5 @@
-//! The admin listener, never on the traffic port: `GET /healthz`, `GET /backends`, and
-//! `POST /backends/{host:port}/drain` and `/enable`.
+//! The admin listener, never on the traffic port: `GET /` (the status page), `GET /metrics`,
+//! `GET /healthz`, `GET /backends`, and `POST /backends/{host:port}/drain` and `/enable`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -12,16 +12,29 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use lb_core::Pool;
+use lb_core::{Pool, Stats};
 use lb_health::Checker;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+
+use crate::metrics;
+
+/// The status page: one HTML file, built into the binary; it reads `GET /backends` every second.
+const STATUS_PAGE: &str = include_str!("status.html");
+
+/// What the admin endpoints read and act on.
+#[derive(Debug)]
+pub(crate) struct Admin {
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) checker: Checker,
+    pub(crate) metrics: Registry,
+}
 
 /// Serves the admin endpoints on `listener` until `shutdown` completes.
 pub(crate) async fn serve(
     listener: TcpListener,
-    pool: Arc<Pool>,
-    checker: Checker,
+    admin: Arc<Admin>,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut shutdown = std::pin::pin!(shutdown);
@@ -36,10 +49,10 @@ pub(crate) async fn serve(
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let (pool, checker) = (Arc::clone(&pool), checker.clone());
+        let admin = Arc::clone(&admin);
         connections.spawn(async move {
             let service = service_fn(move |req| {
-                let response = route(&req, &pool, &checker);
+                let response = route(&req, &admin);
                 async move { Ok::<_, Infallible>(response) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
@@ -51,7 +64,7 @@ pub(crate) async fn serve(
     }
 }
 
-fn route(req: &Request<Incoming>, pool: &Pool, checker: &Checker) -> Response<Full<Bytes>> {
+fn route(req: &Request<Incoming>, admin: &Admin) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     if let Some((id, action)) = path
         .strip_prefix("/backends/")
@@ -69,7 +82,7 @@ fn route(req: &Request<Incoming>, pool: &Pool, checker: &Checker) -> Response<Fu
                 "use POST\n".into(),
             );
         }
-        return match operate(checker, id) {
+        return match operate(&admin.checker, id) {
             Some(backend) => {
                 let body = serde_json::json!({
                     "id": backend.id(),
@@ -88,35 +101,72 @@ fn route(req: &Request<Incoming>, pool: &Pool, checker: &Checker) -> Response<Fu
     match (req.method(), path) {
         (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         (&Method::GET, "/backends") => {
-            let snapshot = pool.load();
-            let eligible = snapshot.eligible();
-            let backends: Vec<_> = snapshot
-                .backends()
-                .iter()
-                .enumerate()
-                .map(|(i, b)| {
-                    serde_json::json!({
-                        "id": b.id(),
-                        "url": b.spec().url().as_str(),
-                        "weight": b.weight(),
-                        "health": b.health().to_string(),
-                        "eligible": eligible.contains(&i),
-                        "in_flight": b.in_flight(),
-                        "failures_in_a_row": b.failure_streak(),
-                        "weight_scale": b.weight_scale(),
-                    })
-                })
-                .collect();
-            let body = serde_json::to_vec_pretty(&backends).unwrap_or_default();
+            let body = serde_json::to_vec_pretty(&backends(admin)).unwrap_or_default();
             reply(StatusCode::OK, "application/json", body.into())
         }
-        (_, "/healthz" | "/backends") => reply(
+        (&Method::GET, "/metrics") => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics::encode(&admin.metrics).into(),
+        ),
+        (&Method::GET, "/") => reply(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            Bytes::from_static(STATUS_PAGE.as_bytes()),
+        ),
+        (_, "/" | "/healthz" | "/backends" | "/metrics") => reply(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "method not allowed\n".into(),
         ),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
+}
+
+/// Every backend, as `GET /backends` shows it.
+fn backends(admin: &Admin) -> Vec<serde_json::Value> {
+    let snapshot = admin.pool.load();
+    let eligible = snapshot.eligible();
+    snapshot
+        .backends()
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let stats = b.stats();
+            let responses: serde_json::Map<_, _> = (1..=5)
+                .map(|class| {
+                    let n: u64 = (0..=Stats::OTHER_METHOD)
+                        .map(|m| stats.responses(m, class))
+                        .sum();
+                    (format!("{class}xx"), n.into())
+                })
+                .collect();
+            let last_probe = admin.checker.last_probe(b.id()).map(|p| {
+                serde_json::json!({
+                    "at": humantime::format_rfc3339_millis(p.at).to_string(),
+                    "ok": p.error.is_none(),
+                    "error": p.error,
+                    "took_ms": p.took.as_secs_f64() * 1000.0,
+                })
+            });
+            serde_json::json!({
+                "id": b.id(),
+                "url": b.spec().url().as_str(),
+                "weight": b.weight(),
+                "health": b.health().to_string(),
+                "eligible": eligible.contains(&i),
+                "in_flight": b.in_flight(),
+                "requests": stats.total_responses() + stats.total_failures(),
+                "responses": responses,
+                "failures": stats.total_failures(),
+                "failures_in_a_row": b.failure_streak(),
+                "ejections": stats.ejections(),
+                "connections_opened": stats.connections_opened(),
+                "weight_scale": b.weight_scale(),
+                "last_probe": last_probe,
+            })
+        })
+        .collect()
 }
 
 fn reply(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {

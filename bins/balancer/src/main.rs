@@ -1,7 +1,10 @@
 //! `balancer`: the standalone load balancer. Parses its settings, wires the pool, the health
 //! checker and the proxy together, serves until SIGTERM or SIGINT, then drains and exits 0.
 
+mod access_log;
 mod admin;
+mod metrics;
+mod reload;
 mod settings;
 mod workers;
 
@@ -14,11 +17,11 @@ use std::time::Duration;
 use clap::Parser;
 use lb_backend::TestBackend;
 use lb_core::{
-    ConsistentHash, Health, LeastConnections, Load, Observer, Pool, PowerOfTwo, Random, RoundRobin,
-    Strategy, WeightedRoundRobin,
+    BackendSpec, ConsistentHash, Health, LeastConnections, Load, Observer, Pool, PowerOfTwo,
+    Random, RoundRobin, Strategy, WeightedRoundRobin,
 };
-use lb_health::{Checker, HttpProbe, Policy, TcpProbe};
-use lb_proxy::{Proxy, RetryBudget, Server};
+use lb_health::{Checker, HttpProbe, Policy, Probe, TcpProbe};
+use lb_proxy::{AccessLog, Proxy, RetryBudget, Server};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
@@ -33,7 +36,8 @@ use crate::workers::Workers;
 const USAGE: u8 = 2;
 
 fn main() -> ExitCode {
-    let settings = match Settings::from_args(Args::parse()) {
+    let args = Args::parse();
+    let settings = match Settings::from_args(args.clone()) {
         Ok(settings) => settings,
         Err(message) => return fail(USAGE, &message),
     };
@@ -68,55 +72,45 @@ fn main() -> ExitCode {
         Ok(listeners) => listeners,
         Err(e) => return fail(1, &format!("cannot start the demo backends: {e}")),
     };
-    let mut specs = settings.backends.clone();
+    let mut demo_specs = Vec::new();
     for listener in &demo {
         match listener.local_addr().map(|a| format!("http://{a}").parse()) {
-            Ok(Ok(spec)) => specs.push(spec),
+            Ok(Ok(spec)) => demo_specs.push(spec),
             _ => return fail(1, "cannot read a demo backend's address"),
         }
     }
+    let specs = settings.backends.iter().chain(&demo_specs).cloned();
     let pool = match Pool::new(specs, strategy(&settings)) {
         Ok(pool) => Arc::new(pool),
         Err(e) => return fail(USAGE, &e.to_string()),
     };
     pool.set_fail_open(settings.fail_open);
-    let checker = match settings.health_probe {
-        ProbeKind::Http => match HttpProbe::new(&settings.health_path) {
-            Ok(probe) => {
-                let (low, high) = settings.health_status;
-                Checker::new(Arc::clone(&pool), probe.with_expected_status(low..=high))
-            }
-            Err(e) => return fail(USAGE, &e.to_string()),
-        },
-        ProbeKind::Tcp => Checker::new(Arc::clone(&pool), TcpProbe),
-    }
-    .with_interval(settings.health_interval)
-    .with_timeout(settings.health_timeout)
-    .with_policy(Policy {
-        rise: settings.health_rise,
-        fall: settings.health_fall,
-        eject_after: settings.eject_after,
-        ejection: settings.eject_time,
-        max_ejection: settings.eject_time.saturating_mul(10),
-        max_ejected_percent: settings.max_ejected_percent,
-        slow_start: settings.slow_start,
-    });
+    let checker = match probe(&settings) {
+        Ok(probe) => Checker::new(Arc::clone(&pool), probe),
+        Err(message) => return fail(USAGE, &message),
+    };
+    configure_health(&checker, &settings);
+    let access_log = match settings.access_log.as_deref().map(access_log::Lines::open) {
+        Some(Ok(lines)) => Some(Arc::new(lines) as Arc<dyn AccessLog>),
+        Some(Err(message)) => return fail(USAGE, &message),
+        None => None,
+    };
     let proxy = match Proxy::builder(Arc::clone(&pool))
         .counter_param(settings.request_counter_param.as_deref())
         .connect_timeout(settings.connect_timeout)
         .response_timeout(settings.response_timeout)
         .max_in_flight_per_backend(settings.backend_max_in_flight)
         .queue(settings.queue_size, settings.queue_timeout)
-        .hash_key(
-            (settings.strategy == StrategyName::ConsistentHash).then(|| settings.hash_key.clone()),
-        )
-        .observer(
-            (settings.eject_after > 0).then(|| Arc::new(checker.clone()) as Arc<dyn Observer>),
-        )
+        // Read per request only while the strategy in force hashes requests (a reload may
+        // switch to one that does).
+        .hash_key(Some(settings.hash_key.clone()))
+        // Passive health; a reload may turn it on or off (`eject-after`), so always attached.
+        .observer(Some(Arc::new(checker.clone()) as Arc<dyn Observer>))
         .retry_budget(Some(RetryBudget {
             percent: settings.retry_budget,
             ..RetryBudget::default()
         }))
+        .access_log(access_log.clone())
         .build()
     {
         Ok(proxy) => proxy,
@@ -140,9 +134,9 @@ fn main() -> ExitCode {
         Err(message) => return fail(1, &message),
     };
 
-    // The main thread runs what is not on the request path (signals, health checks, the admin
-    // listener, demo backends) on a single-threaded runtime; requests are served by the worker
-    // threads, each with a runtime of its own.
+    // The main thread runs what is not on the request path (signals, health checks, reloads,
+    // the admin listener, demo backends) on a single-threaded runtime; requests are served by
+    // the worker threads, each with a runtime of its own.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -151,7 +145,7 @@ fn main() -> ExitCode {
         Err(e) => return fail(1, &format!("cannot start the runtime: {e}")),
     };
     let served = runtime.block_on(async {
-        let signals = Signals::new()?;
+        let mut signals = Signals::new()?;
         let demo = start_demo(demo)?;
         let addr = listeners[0].local_addr()?;
         tracing::info!(
@@ -159,6 +153,7 @@ fn main() -> ExitCode {
             workers = settings.workers,
             strategy = %settings.strategy,
             health = %health_summary(&settings),
+            config = %settings.config.as_deref().map_or("none".into(), |p| p.display().to_string()),
             "starting"
         );
         checker.check_all().await;
@@ -175,22 +170,31 @@ fn main() -> ExitCode {
         });
         let (stop, stopped) = watch::channel(());
         let health = tokio::spawn(checker.clone().run(closed(stopped.clone())));
+        let reloads = Arc::new(metrics::Reloads::new());
         if let Some(admin) = admin {
             let admin = TcpListener::from_std(admin)?;
             tracing::info!(addr = %admin.local_addr()?, "admin listening");
+            let state = admin::Admin {
+                pool: Arc::clone(&pool),
+                checker: checker.clone(),
+                metrics: metrics::registry(Arc::clone(&pool), proxy.clone(), Arc::clone(&reloads)),
+            };
             tokio::spawn(admin::serve(
                 admin,
-                Arc::clone(&pool),
-                checker.clone(),
+                Arc::new(state),
                 closed(stopped.clone()),
             ));
         }
+        let mut file_changes = match (&settings.config, settings.watch_config) {
+            (Some(path), true) => reload::watch(path.clone(), closed(stopped.clone())),
+            _ => tokio::sync::mpsc::channel(1).1,
+        };
         let server = Server::new(proxy.clone())
             .client_header_timeout(settings.client_header_timeout)
             .idle_timeout(settings.idle_timeout)
             .max_connections(settings.max_connections)
             .grace_period(settings.grace_period);
-        let workers = Workers::start(listeners, &proxy, &server)?;
+        let workers = Workers::start(listeners, &proxy, &server, access_log.is_some())?;
         println!("balancer listening on {addr}");
         if !demo.is_empty() {
             println!(
@@ -198,7 +202,24 @@ fn main() -> ExitCode {
                 demo.len()
             );
         }
-        signals.first().await;
+        let mut reloader = Reloader {
+            args,
+            running: settings,
+            demo: demo_specs,
+            checker: checker.clone(),
+            pool: Arc::clone(&pool),
+            reloads,
+        };
+        loop {
+            tokio::select! {
+                signalled = signals.next() => match signalled {
+                    Signalled::Stop => break,
+                    Signalled::Reload => reloader.reload("SIGHUP").await,
+                },
+                Some(()) = file_changes.recv() => reloader.reload("config file changed").await,
+            }
+        }
+        signals.exit_on_second();
         workers.stop().await;
         drop(stop);
         let _ = health.await;
@@ -211,6 +232,109 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(1, &e.to_string()),
     }
+}
+
+/// Applies a changed configuration file to the running balancer (SIGHUP, `--watch-config`).
+struct Reloader {
+    args: Args,
+    running: Settings,
+    /// The `--demo` backends, which every configuration keeps.
+    demo: Vec<BackendSpec>,
+    checker: Checker,
+    pool: Arc<Pool>,
+    reloads: Arc<metrics::Reloads>,
+}
+
+impl Reloader {
+    /// Reads the configuration again and swaps it in; if it is invalid, logs why and keeps the
+    /// one in force.
+    async fn reload(&mut self, cause: &str) {
+        match self.try_reload().await {
+            Ok(()) => self.reloads.record(true),
+            Err(error) => {
+                self.reloads.record(false);
+                tracing::error!(
+                    cause,
+                    %error,
+                    "reload refused: still serving the previous configuration"
+                );
+            }
+        }
+    }
+
+    async fn try_reload(&mut self) -> Result<(), String> {
+        let new = Settings::from_args(self.args.clone())?;
+        let probe = probe(&new)?;
+        let strategy_changed = (new.strategy, new.load, new.seed, new.hash_bounded_load)
+            != (
+                self.running.strategy,
+                self.running.load,
+                self.running.seed,
+                self.running.hash_bounded_load,
+            );
+        let strategy = strategy_changed.then(|| Arc::from(strategy(&new)));
+        // The only step that can still fail, and it changes nothing when it does.
+        let changes = self
+            .checker
+            .update_backends(new.backends.iter().chain(&self.demo).cloned(), strategy)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.pool.set_fail_open(new.fail_open);
+        self.checker.set_probe(probe);
+        configure_health(&self.checker, &new);
+        let ids = |backends: &[Arc<lb_core::Backend>]| {
+            backends
+                .iter()
+                .map(|b| b.id())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        tracing::info!(
+            backends = self.pool.load().backends().len(),
+            added = %ids(&changes.added),
+            removed = %ids(&changes.removed),
+            reweighted = %ids(&changes.reweighted),
+            strategy = %new.strategy,
+            health = %health_summary(&new),
+            "configuration reloaded"
+        );
+        let restart = self.running.restart_only_changes(&new);
+        if !restart.is_empty() {
+            tracing::warn!(
+                settings = %restart.join(", "),
+                "changed, but only take effect at the next restart"
+            );
+        }
+        self.running = new;
+        Ok(())
+    }
+}
+
+/// The probe the settings ask for.
+fn probe(settings: &Settings) -> Result<Arc<dyn Probe>, String> {
+    Ok(match settings.health_probe {
+        ProbeKind::Http => {
+            let (low, high) = settings.health_status;
+            let probe = HttpProbe::new(&settings.health_path).map_err(|e| e.to_string())?;
+            Arc::new(probe.with_expected_status(low..=high))
+        }
+        ProbeKind::Tcp => Arc::new(TcpProbe),
+    })
+}
+
+/// Sets the checker's interval, timeout and policy from the settings.
+fn configure_health(checker: &Checker, settings: &Settings) {
+    checker.set_interval(settings.health_interval);
+    checker.set_timeout(settings.health_timeout);
+    checker.set_policy(Policy {
+        rise: settings.health_rise,
+        fall: settings.health_fall,
+        eject_after: settings.eject_after,
+        ejection: settings.eject_time,
+        max_ejection: settings.eject_time.saturating_mul(10),
+        max_ejected_percent: settings.max_ejected_percent,
+        slow_start: settings.slow_start,
+    });
 }
 
 /// How backends are checked, for the start-up line.
@@ -283,11 +407,19 @@ async fn closed(mut rx: watch::Receiver<()>) {
     while rx.changed().await.is_ok() {}
 }
 
-/// SIGTERM and SIGINT, caught from the moment this is created (before the listening line, so a
-/// signal sent right after it is never the default, fatal one).
+/// SIGTERM, SIGINT and SIGHUP, caught from the moment this is created (before the listening
+/// line, so a signal sent right after it is never the default, fatal one).
 struct Signals {
     terminate: Signal,
     interrupt: Signal,
+    hangup: Signal,
+}
+
+enum Signalled {
+    /// SIGTERM or SIGINT.
+    Stop,
+    /// SIGHUP.
+    Reload,
 }
 
 impl Signals {
@@ -295,20 +427,27 @@ impl Signals {
         Ok(Signals {
             terminate: signal(SignalKind::terminate())?,
             interrupt: signal(SignalKind::interrupt())?,
+            hangup: signal(SignalKind::hangup())?,
         })
     }
 
-    /// Completes on the first SIGTERM or SIGINT; a second one ends the process at once.
-    async fn first(mut self) {
+    /// The next signal that asks for something.
+    async fn next(&mut self) -> Signalled {
         tokio::select! {
             _ = self.terminate.recv() => tracing::info!("SIGTERM received"),
             _ = self.interrupt.recv() => tracing::info!("SIGINT received"),
-        }
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = self.terminate.recv() => {},
-                _ = self.interrupt.recv() => {},
+            _ = self.hangup.recv() => {
+                tracing::info!("SIGHUP received: reloading the configuration");
+                return Signalled::Reload;
             }
+        }
+        Signalled::Stop
+    }
+
+    /// From now on, a second SIGTERM or SIGINT ends the process at once (SIGHUP is ignored).
+    fn exit_on_second(mut self) {
+        tokio::spawn(async move {
+            while let Signalled::Reload = self.next().await {}
             tracing::warn!("second signal: exiting now");
             std::process::exit(130);
         });

@@ -58,7 +58,7 @@ impl fmt::Display for StrategyName {
 }
 
 /// An HTTP load balancer: forwards requests to healthy backends in turn.
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(name = "balancer", version, max_term_width = 100)]
 pub(crate) struct Args {
     /// TOML file with any of the settings below (the command line wins).
@@ -179,6 +179,13 @@ pub(crate) struct Args {
     /// How long requests in flight may still run after SIGTERM or SIGINT [default: 30s].
     #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
     grace_period: Option<Duration>,
+    /// Write one line per request (client, method, target, status, backend, upstream and total
+    /// time) to FILE, or to standard output if FILE is `-` or left out; off by default.
+    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
+    access_log: Option<PathBuf>,
+    /// Reload the --config file whenever it changes (checked every second), not only on SIGHUP.
+    #[arg(long)]
+    watch_config: bool,
     /// Also start three test backends in this process and balance over them, in place of the
     /// default backends.
     #[arg(long)]
@@ -234,6 +241,8 @@ struct File {
     workers: Option<u16>,
     #[serde(default, deserialize_with = "duration")]
     grace_period: Option<Duration>,
+    access_log: Option<PathBuf>,
+    watch_config: Option<bool>,
 }
 
 /// One `[[backend]]` table.
@@ -279,6 +288,10 @@ pub(crate) struct Settings {
     pub(crate) admin: Option<SocketAddr>,
     pub(crate) workers: usize,
     pub(crate) grace_period: Duration,
+    pub(crate) access_log: Option<PathBuf>,
+    /// The config file read, which SIGHUP reads again.
+    pub(crate) config: Option<PathBuf>,
+    pub(crate) watch_config: bool,
     pub(crate) demo: bool,
     /// `--check-config`: the file checked, and nothing to run.
     pub(crate) check_only: Option<PathBuf>,
@@ -432,9 +445,15 @@ impl Settings {
                 .grace_period
                 .or(file.grace_period)
                 .unwrap_or(Duration::from_secs(30)),
+            access_log: args.access_log.or(file.access_log),
+            config: args.config,
+            watch_config: args.watch_config || file.watch_config.unwrap_or(false),
             demo,
             check_only,
         };
+        if settings.watch_config && settings.config.is_none() {
+            return Err("--watch-config needs a --config file to watch".to_owned());
+        }
         if settings.admin == Some(settings.listen) && settings.listen.port() != 0 {
             return Err(format!(
                 "--admin {} is the traffic address; give the admin listener its own",
@@ -442,6 +461,55 @@ impl Settings {
             ));
         }
         Ok(settings)
+    }
+}
+
+impl Settings {
+    /// The settings that differ in `new` and that a reload cannot change (they are read once,
+    /// when listeners and workers start): they take effect at the next restart.
+    pub(crate) fn restart_only_changes(&self, new: &Settings) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let mut check = |name, differs: bool| {
+            if differs {
+                changed.push(name);
+            }
+        };
+        check("listen", self.listen != new.listen);
+        check("admin", self.admin != new.admin);
+        check("workers", self.workers != new.workers);
+        check("hash-key", self.hash_key != new.hash_key);
+        check("retry-budget", self.retry_budget != new.retry_budget);
+        check(
+            "connect-timeout",
+            self.connect_timeout != new.connect_timeout,
+        );
+        check(
+            "response-timeout",
+            self.response_timeout != new.response_timeout,
+        );
+        check(
+            "client-header-timeout",
+            self.client_header_timeout != new.client_header_timeout,
+        );
+        check("idle-timeout", self.idle_timeout != new.idle_timeout);
+        check(
+            "max-connections",
+            self.max_connections != new.max_connections,
+        );
+        check(
+            "backend-max-in-flight",
+            self.backend_max_in_flight != new.backend_max_in_flight,
+        );
+        check("queue-size", self.queue_size != new.queue_size);
+        check("queue-timeout", self.queue_timeout != new.queue_timeout);
+        check(
+            "request-counter-param",
+            self.request_counter_param != new.request_counter_param,
+        );
+        check("grace-period", self.grace_period != new.grace_period);
+        check("access-log", self.access_log != new.access_log);
+        check("watch-config", self.watch_config != new.watch_config);
+        changed
     }
 }
 

@@ -13,6 +13,8 @@ use lb_proxy::{Proxy, Server};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::access_log;
+
 /// Binds `count` listening sockets on `addr` (the same port for all, also when `addr` asks for
 /// port 0).
 pub(crate) fn bind(addr: SocketAddr, count: usize) -> Result<Vec<StdListener>, String> {
@@ -24,6 +26,24 @@ pub(crate) fn bind(addr: SocketAddr, count: usize) -> Result<Vec<StdListener>, S
         all.push(lb_proxy::bind_reuseport(actual).map_err(fail)?);
     }
     Ok(all)
+}
+
+/// One worker: serves until told to stop, then writes out its part of the access log.
+async fn serve(
+    server: Server,
+    listener: TcpListener,
+    mut stopped: watch::Receiver<bool>,
+    access_log: bool,
+) {
+    let flusher = access_log.then(|| tokio::spawn(access_log::flush_periodically()));
+    let shutdown = async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    server.serve(listener, shutdown).await;
+    if let Some(flusher) = flusher {
+        flusher.abort();
+        access_log::flush();
+    }
 }
 
 /// Running workers.
@@ -40,6 +60,7 @@ impl Workers {
         listeners: Vec<StdListener>,
         proxy: &Proxy,
         server: &Server,
+        access_log: bool,
     ) -> io::Result<Workers> {
         let (stop, stopped) = watch::channel(false);
         let mut listeners = listeners.into_iter();
@@ -47,17 +68,17 @@ impl Workers {
             .next()
             .ok_or_else(|| io::Error::other("no listener"))
             .and_then(TcpListener::from_std)?;
-        let main = tokio::spawn(server.clone().proxy(proxy.worker()).serve(first, {
-            let mut stopped = stopped.clone();
-            async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
-            }
-        }));
+        let main = tokio::spawn(serve(
+            server.clone().proxy(proxy.worker()),
+            first,
+            stopped.clone(),
+            access_log,
+        ));
         let mut threads = Vec::new();
         for (i, listener) in listeners.enumerate() {
             let i = i + 1;
             let server = server.clone().proxy(proxy.worker());
-            let mut stopped = stopped.clone();
+            let stopped = stopped.clone();
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -65,14 +86,10 @@ impl Workers {
                 .name(format!("lb-worker-{i}"))
                 .spawn(move || {
                     runtime.block_on(async move {
-                        let listener = match TcpListener::from_std(listener) {
-                            Ok(listener) => listener,
-                            Err(error) => return tracing::error!(%error, "worker cannot listen"),
-                        };
-                        let shutdown = async move {
-                            let _ = stopped.wait_for(|stop| *stop).await;
-                        };
-                        server.serve(listener, shutdown).await;
+                        match TcpListener::from_std(listener) {
+                            Ok(listener) => serve(server, listener, stopped, access_log).await,
+                            Err(error) => tracing::error!(%error, "worker cannot listen"),
+                        }
                     });
                 })?;
             threads.push(thread);

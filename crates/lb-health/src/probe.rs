@@ -55,6 +55,15 @@ pub trait Probe: Send + Sync + fmt::Debug + 'static {
     async fn probe(&self, backend: &Backend) -> Result<(), ProbeError>;
 }
 
+/// A shared probe is a probe: lets a program choose one at run time (`Arc<dyn Probe>`) and keep
+/// a handle on it.
+#[async_trait]
+impl<P: Probe + ?Sized> Probe for std::sync::Arc<P> {
+    async fn probe(&self, backend: &Backend) -> Result<(), ProbeError> {
+        (**self).probe(backend).await
+    }
+}
+
 /// Opens a TCP connection to `address` (resolving a name at each call), with `TCP_NODELAY`.
 pub(crate) async fn connect(address: &Address) -> Result<TcpStream, ProbeError> {
     let stream = match address {

@@ -9,6 +9,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
+use crate::access_log::Pending;
 use crate::admission::Admitted;
 use crate::upstream::Conn;
 
@@ -21,6 +22,8 @@ use crate::upstream::Conn;
 #[derive(Debug)]
 pub struct ProxyBody {
     kind: Kind,
+    /// The access log entry, written when the body is dropped (finished or not).
+    log: Option<Box<Pending>>,
 }
 
 #[derive(Debug)]
@@ -41,6 +44,7 @@ impl ProxyBody {
                 conn,
                 _admitted: admitted,
             },
+            log: None,
         };
         this.release_if_done();
         this
@@ -51,6 +55,7 @@ impl ProxyBody {
         let bytes = bytes.into();
         ProxyBody {
             kind: Kind::Full((!bytes.is_empty()).then_some(bytes)),
+            log: None,
         }
     }
 
@@ -58,7 +63,13 @@ impl ProxyBody {
     pub fn empty() -> Self {
         ProxyBody {
             kind: Kind::Full(None),
+            log: None,
         }
+    }
+
+    /// Logs `entry` when this body is dropped.
+    pub(crate) fn log_on_drop(&mut self, entry: Pending) {
+        self.log = Some(Box::new(entry));
     }
 
     fn release_if_done(&mut self) {

@@ -33,6 +33,7 @@
 //! # }
 //! ```
 
+mod access_log;
 mod admission;
 mod body;
 mod client_io;
@@ -44,6 +45,7 @@ mod rewrite;
 mod server;
 mod upstream;
 
+pub use access_log::{AccessEntry, AccessLog};
 pub use body::ProxyBody;
 pub use error::ProxyError;
 pub use hash_key::HashKey;

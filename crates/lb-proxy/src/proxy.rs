@@ -24,6 +24,7 @@ use tower::retry::budget::{Budget, TpsBudget};
 
 use crate::HashKey;
 use crate::ProxyError;
+use crate::access_log::{AccessLog, Pending};
 use crate::admission::{self, Admitted, Limits};
 use crate::body::{ProxyBody, RequestBody};
 use crate::rewrite;
@@ -48,6 +49,7 @@ pub struct ProxyBuilder {
     observer: Option<Arc<dyn Observer>>,
     retry_budget: Option<RetryBudget>,
     retry_idempotent: bool,
+    access_log: Option<Arc<dyn AccessLog>>,
 }
 
 /// How many retries a proxy may make: `percent` of its requests (per second, over a 10 s
@@ -167,6 +169,12 @@ impl ProxyBuilder {
         self
     }
 
+    /// Receives one entry per request once its response has ended; default none.
+    pub fn access_log(mut self, log: Option<Arc<dyn AccessLog>>) -> Self {
+        self.access_log = log;
+        self
+    }
+
     /// Checks the settings and builds the proxy. Fails on a counter parameter name that would
     /// need escaping in a query string.
     pub fn build(self) -> Result<Proxy, ProxyError> {
@@ -177,11 +185,12 @@ impl ProxyBuilder {
         }
         Ok(Proxy {
             shared: Arc::new(Shared {
-                pool: self.pool,
+                pool: Arc::clone(&self.pool),
                 upstream: Upstream::new(UpstreamConfig {
                     connect_timeout: self.connect_timeout,
                     idle_timeout: self.idle_timeout,
                     max_idle_per_backend: self.max_idle_per_backend,
+                    pool: self.pool,
                 }),
                 counter: Arc::new(AtomicU64::new(0)),
                 counter_param: self.counter_param.map(Arc::from),
@@ -195,6 +204,8 @@ impl ProxyBuilder {
                 retry_budget: self.retry_budget,
                 budget: self.retry_budget.map(RetryBudget::build),
                 retry_idempotent: self.retry_idempotent,
+                access_log: self.access_log,
+                local_responses: Arc::new(LocalResponses::default()),
                 retries_made: Arc::new(AtomicU64::new(0)),
                 tunnels: TaskTracker::new(),
                 close_tunnels: CancellationToken::new(),
@@ -228,6 +239,9 @@ struct Shared {
     /// This worker's retry budget.
     budget: Option<TpsBudget>,
     retry_idempotent: bool,
+    access_log: Option<Arc<dyn AccessLog>>,
+    /// Responses the proxy made itself (errors), by every worker.
+    local_responses: Arc<LocalResponses>,
     /// Retries made by every worker.
     retries_made: Arc<AtomicU64>,
     /// Upgraded connections (WebSocket) being tunnelled, and their stop signal.
@@ -253,6 +267,7 @@ impl Proxy {
             observer: None,
             retry_budget: Some(RetryBudget::default()),
             retry_idempotent: true,
+            access_log: None,
         }
     }
 
@@ -293,6 +308,8 @@ impl Proxy {
                 retry_budget: shared.retry_budget,
                 budget: shared.retry_budget.map(RetryBudget::build),
                 retry_idempotent: shared.retry_idempotent,
+                access_log: shared.access_log.clone(),
+                local_responses: Arc::clone(&shared.local_responses),
                 retries_made: Arc::clone(&shared.retries_made),
                 tunnels: TaskTracker::new(),
                 close_tunnels: CancellationToken::new(),
@@ -303,6 +320,13 @@ impl Proxy {
     /// Requests sent again to another backend, by this proxy and every worker made from it.
     pub fn retries_made(&self) -> u64 {
         self.shared.retries_made.load(Ordering::Relaxed)
+    }
+
+    /// Responses the proxy made itself because no backend could answer (or the request was
+    /// refused), by status, by this proxy and every worker made from it: `(status, count)` for
+    /// each status it can send.
+    pub fn local_responses(&self) -> Vec<(u16, u64)> {
+        self.shared.local_responses.read()
     }
 
     /// Upgraded connections (WebSocket) currently tunnelled to a backend.
@@ -324,6 +348,7 @@ impl Proxy {
     pub fn service(&self, client: SocketAddr) -> ProxyService {
         ProxyService {
             proxy: self.clone(),
+            client,
             client_ip: ip_header(client.ip()),
         }
     }
@@ -335,15 +360,30 @@ impl Proxy {
         request: Request<Incoming>,
         client: SocketAddr,
     ) -> Response<ProxyBody> {
-        self.forward_from(request, &ip_header(client.ip())).await
+        self.forward_from(request, client, &ip_header(client.ip()))
+            .await
     }
 
     async fn forward_from(
         &self,
         request: Request<Incoming>,
+        client: SocketAddr,
         client_ip: &HeaderValue,
     ) -> Response<ProxyBody> {
         let n = self.shared.counter.fetch_add(1, Ordering::Relaxed) + 1;
+        let log = self.shared.access_log.as_ref().map(|sink| Pending {
+            sink: Arc::clone(sink),
+            client,
+            method: request.method().clone(),
+            target: request
+                .uri()
+                .path_and_query()
+                .map_or_else(|| request.uri().to_string(), ToString::to_string),
+            status: 0,
+            backend: None,
+            upstream: None,
+            started: std::time::Instant::now(),
+        });
         // The rewriting is synchronous, so that no future below holds the client's request
         // as well as the rewritten one: the request future is copied into a box per request.
         let forwarded = match self.prepare(request, n, client_ip) {
@@ -356,10 +396,24 @@ impl Proxy {
             },
             Err(error) => Err(error),
         };
-        forwarded.unwrap_or_else(|error| {
-            tracing::debug!(%error, request = n, "request not forwarded");
-            error_response(&error)
-        })
+        let mut response = match forwarded {
+            Ok((response, _)) if log.is_none() => return response,
+            Ok(answered) => answered,
+            Err(error) => {
+                tracing::debug!(%error, request = n, "request not forwarded");
+                self.shared.local_responses.count(error.status().as_u16());
+                (error_response(&error), None)
+            }
+        };
+        if let Some(mut log) = log {
+            log.status = response.0.status().as_u16();
+            if let Some((backend, upstream)) = response.1 {
+                log.backend = Some(backend);
+                log.upstream = Some(upstream);
+            }
+            response.0.body_mut().log_on_drop(log);
+        }
+        response.0
     }
 
     /// Checks the request and rewrites it for the backend: hop-by-hop headers out,
@@ -381,11 +435,13 @@ impl Proxy {
             return Err(ProxyError::BadRequest("missing Host header\n"));
         }
         let (mut parts, body) = request.into_parts();
-        // The key is read from the request as the client sent it.
+        // The key is read from the request as the client sent it, when the strategy in force
+        // (which a reload may change) reads one.
         let key = self
             .shared
             .hash_key
             .as_deref()
+            .filter(|_| self.shared.pool.load().strategy().uses_key())
             .and_then(|key| key.hash(&parts, client_ip));
         let upgrade = rewrite::is_upgrade_request(parts.version, &parts.headers);
         let client_upgrade = if upgrade {
@@ -411,9 +467,19 @@ impl Proxy {
     /// streamed through, or for `101 Switching Protocols` a tunnel between the two connections.
     fn finish(
         &self,
-        (mut response, conn, admitted): (Response<Incoming>, Conn, Admitted),
+        Exchanged {
+            mut response,
+            conn,
+            admitted,
+            upstream,
+        }: Exchanged,
         client_upgrade: Option<OnUpgrade>,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    ) -> Result<(Response<ProxyBody>, Answered), ProxyError> {
+        let answered = self
+            .shared
+            .access_log
+            .is_some()
+            .then(|| (Arc::clone(admitted.backend()), upstream));
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_upgrade) = client_upgrade else {
                 return Err(ProxyError::UnexpectedUpgrade {
@@ -426,10 +492,13 @@ impl Proxy {
                 .tunnels
                 .spawn(tunnel(client_upgrade, upstream_upgrade, admitted, closed));
             rewrite::strip_hop_by_hop(response.headers_mut(), true);
-            return Ok(response.map(|_| ProxyBody::empty()));
+            return Ok((response.map(|_| ProxyBody::empty()), answered));
         }
         rewrite::strip_hop_by_hop(response.headers_mut(), false);
-        Ok(response.map(|body| ProxyBody::upstream(body, Some(conn), Some(admitted))))
+        Ok((
+            response.map(|body| ProxyBody::upstream(body, Some(conn), Some(admitted))),
+            answered,
+        ))
     }
 
     /// Sends the request to a backend, moving on to another one (never one already tried, and
@@ -441,7 +510,7 @@ impl Proxy {
         mut request: Request<RequestBody>,
         mut body_sent: Option<oneshot::Receiver<()>>,
         key: Option<u64>,
-    ) -> Result<(Response<Incoming>, Conn, Admitted), ProxyError> {
+    ) -> Result<Exchanged, ProxyError> {
         let shared = &self.shared;
         if let Some(budget) = &shared.budget {
             budget.deposit();
@@ -473,16 +542,21 @@ impl Proxy {
                 }
             };
             loop {
-                // Latency-aware strategies get each response's time to headers.
-                let sent_at = admitted.observes_latency().then(std::time::Instant::now);
+                let method = request.method().clone();
+                let sent_at = std::time::Instant::now();
                 let replay = self.replay_of(&request, tried.len());
                 let mut error = match self.exchange(&mut conn, request, &mut body_sent).await {
                     Some(Ok(response)) => {
-                        if let Some(sent_at) = sent_at {
-                            let now = std::time::Instant::now();
-                            backend.observe_latency(now - sent_at, now);
+                        let now = std::time::Instant::now();
+                        let upstream = now - sent_at;
+                        // Latency-aware strategies get each response's time to headers.
+                        if admitted.observes_latency() {
+                            backend.observe_latency(upstream, now);
                         }
                         let status = response.status();
+                        backend
+                            .stats()
+                            .record_response(method.as_str(), status.as_u16(), upstream);
                         self.observe(
                             &backend,
                             if status.is_server_error() {
@@ -491,7 +565,12 @@ impl Proxy {
                                 Outcome::Success
                             },
                         );
-                        return Ok((response, conn, admitted));
+                        return Ok(Exchanged {
+                            response,
+                            conn,
+                            admitted,
+                            upstream,
+                        });
                     }
                     Some(Err(error)) => error,
                     None => {
@@ -540,6 +619,7 @@ impl Proxy {
     }
 
     fn observe(&self, backend: &Arc<Backend>, outcome: Outcome) {
+        backend.stats().record_failure(outcome);
         if let Some(observer) = &self.shared.observer {
             observer.observe(backend, outcome);
         }
@@ -603,6 +683,44 @@ impl fmt::Debug for Proxy {
     }
 }
 
+/// A backend's answer, with what the rest of the request needs of the exchange.
+struct Exchanged {
+    response: Response<Incoming>,
+    conn: Conn,
+    admitted: Admitted,
+    /// From sending the request to the response headers.
+    upstream: Duration,
+}
+
+/// The backend that answered and its time to headers, when the access log wants them.
+type Answered = Option<(Arc<Backend>, Duration)>;
+
+/// Responses the proxy made itself, counted by status.
+#[derive(Debug, Default)]
+struct LocalResponses([AtomicU64; LOCAL_STATUSES.len() + 1]);
+
+/// The statuses the proxy sends itself; anything else is counted as 500.
+const LOCAL_STATUSES: [u16; 6] = [400, 405, 413, 502, 503, 504];
+
+impl LocalResponses {
+    fn count(&self, status: u16) {
+        let i = LOCAL_STATUSES
+            .iter()
+            .position(|&s| s == status)
+            .unwrap_or(LOCAL_STATUSES.len());
+        self.0[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn read(&self) -> Vec<(u16, u64)> {
+        LOCAL_STATUSES
+            .iter()
+            .chain(&[500])
+            .zip(&self.0)
+            .map(|(&status, n)| (status, n.load(Ordering::Relaxed)))
+            .collect()
+    }
+}
+
 /// A request rewritten for the backend, with what the exchange needs to know about it.
 struct Prepared {
     request: Request<RequestBody>,
@@ -615,6 +733,7 @@ struct Prepared {
 #[derive(Clone)]
 pub struct ProxyService {
     proxy: Proxy,
+    client: SocketAddr,
     client_ip: HeaderValue,
 }
 
@@ -633,7 +752,12 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move { Ok(this.proxy.forward_from(request, &this.client_ip).await) })
+        Box::pin(async move {
+            Ok(this
+                .proxy
+                .forward_from(request, this.client, &this.client_ip)
+                .await)
+        })
     }
 }
 

@@ -23,7 +23,7 @@ use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::{TrySendError, http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use lb_core::{Address, Backend, Protocol};
+use lb_core::{Address, Backend, Pool, Protocol};
 use rustc_hash::FxBuildHasher;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep, timeout};
@@ -37,6 +37,9 @@ pub(crate) struct UpstreamConfig {
     pub(crate) connect_timeout: Duration,
     pub(crate) idle_timeout: Duration,
     pub(crate) max_idle_per_backend: usize,
+    /// Idle connections to backends no longer in this pool (a reload removed them) are closed
+    /// by the reaper.
+    pub(crate) pool: Arc<Pool>,
 }
 
 /// Keep-alive connections to every backend, keyed by [`Backend::key`].
@@ -107,7 +110,11 @@ impl Shared {
     /// backends with nothing left.
     fn reap(&self) {
         let now = Instant::now();
-        self.slots().retain(|_, slot| {
+        let snapshot = self.config.pool.load();
+        self.slots().retain(|key, slot| {
+            if !snapshot.backends().iter().any(|b| b.key() == *key) {
+                return false;
+            }
             slot.idle.retain(|e| {
                 now.duration_since(e.since) < self.config.idle_timeout && !e.sender.is_closed()
             });
@@ -273,6 +280,7 @@ impl Upstream {
             }
         };
         self.shared.opened.fetch_add(1, Ordering::Relaxed);
+        backend.stats().record_connection();
         self.shared.reaper.call_once(|| {
             let every = (self.shared.config.idle_timeout / 2)
                 .clamp(Duration::from_secs(1), Duration::from_secs(30));

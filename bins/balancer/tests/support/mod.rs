@@ -78,6 +78,32 @@ impl Balancer {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// The admin listener's address, read from its `admin listening addr=` log line (the
+    /// balancer was started with `--admin 127.0.0.1:0`).
+    pub async fn admin_addr(&self) -> SocketAddr {
+        let mut admin = None;
+        let found = eventually(Duration::from_secs(5), async || {
+            admin = self
+                .stderr()
+                .split("admin listening addr=")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next()?.parse().ok());
+            admin.is_some()
+        })
+        .await;
+        assert!(found, "no admin listening line: {}", self.stderr());
+        admin.unwrap()
+    }
+
+    /// Waits (bounded: 10 s) until `text` has appeared `count` times in the balancer's stderr.
+    pub async fn wait_for_log(&self, text: &str, count: usize) {
+        let seen = eventually(Duration::from_secs(10), async || {
+            self.stderr().matches(text).count() >= count
+        })
+        .await;
+        assert!(seen, "{text:?} not logged {count} times: {}", self.stderr());
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -258,6 +284,11 @@ pub async fn send(
     tokio::time::timeout(Duration::from_secs(30), exchange)
         .await
         .expect("response within 30 s")
+}
+
+/// POST an empty body to `url` on a fresh client.
+pub async fn post(url: &str) -> Reply {
+    send(&client(), Request::post(url).body(Full::default()).unwrap()).await
 }
 
 /// GET `url` on a fresh client.

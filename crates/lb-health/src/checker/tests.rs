@@ -39,7 +39,7 @@ impl Scripted {
 }
 
 #[async_trait]
-impl Probe for Arc<Scripted> {
+impl Probe for Scripted {
     async fn probe(&self, backend: &Backend) -> Result<(), ProbeError> {
         let id = backend.id().to_owned();
         self.starts
