@@ -249,7 +249,7 @@ impl Reloader {
     /// Reads the configuration again and swaps it in; if it is invalid, logs why and keeps the
     /// one in force.
     async fn reload(&mut self, cause: &str) {
-        match self.try_reload().await {
+        match self.try_reload(cause).await {
             Ok(()) => self.reloads.record(true),
             Err(error) => {
                 self.reloads.record(false);
@@ -262,7 +262,7 @@ impl Reloader {
         }
     }
 
-    async fn try_reload(&mut self) -> Result<(), String> {
+    async fn try_reload(&mut self, cause: &str) -> Result<(), String> {
         let new = Settings::from_args(self.args.clone())?;
         let probe = probe(&new)?;
         let strategy_changed = (new.strategy, new.load, new.seed, new.hash_bounded_load)
@@ -290,6 +290,7 @@ impl Reloader {
                 .join(" ")
         };
         tracing::info!(
+            cause,
             backends = self.pool.load().backends().len(),
             added = %ids(&changes.added),
             removed = %ids(&changes.removed),

@@ -527,7 +527,20 @@ fn default_workers() -> usize {
 fn read_file(path: &Path) -> Result<File, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| format!("invalid config file {}: {e}", path.display()))
+    toml::from_str(&text).map_err(|e| {
+        // One line, so that a refused reload is one log line: where, then what.
+        let at = e.span().map_or(String::new(), |span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!(" line {line}, column {column}:")
+        });
+        format!(
+            "invalid config file {}:{at} {}",
+            path.display(),
+            e.message().trim_end()
+        )
+    })
 }
 
 fn at_least_one(name: &str, value: Option<u32>) -> Result<Option<u32>, String> {
@@ -791,7 +804,8 @@ mod tests {
     #[test]
     fn the_shipped_example_config_is_valid_and_matches_the_defaults() {
         let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../balancer.toml");
-        let from_file = settings(&["--config", example]).unwrap();
+        let mut from_file = settings(&["--config", example]).unwrap();
+        assert_eq!(from_file.config.take().unwrap(), PathBuf::from(example));
         let defaults = settings(&[]).unwrap();
         assert_eq!(format!("{from_file:?}"), format!("{defaults:?}"));
     }
