@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cargo build --release
-//! cargo run --release -p lb-benches --bin e2e -- [--targets ours,haproxy,nginx] [--rounds 3]
+//! cargo run --release -p lb-benches --bin e2e -- [--targets ours,ours-access-log,ours@PATH,haproxy,nginx]
+//!     [--rounds 3]
 //!     [--duration 10] [--connections 50,5] [--pin shared|split|none] [--idle N]
 //! ```
 //!
@@ -94,7 +95,8 @@ fn main() -> Result<(), Error> {
         .targets
         .iter()
         .filter(|t| match t.as_str() {
-            "ours" => true,
+            "ours" | "ours-access-log" => true,
+            other if other.starts_with("ours@") => Path::new(&other["ours@".len()..]).exists(),
             "haproxy" | "nginx" => {
                 let found = installed(t);
                 if !found {
@@ -292,11 +294,16 @@ impl Proxy {
     ) -> Result<Self, Error> {
         let listen = format!("127.0.0.1:{PROXY_PORT}");
         let mut cmd = match target {
-            "ours" => {
-                let mut c = pinned(cpus, ours.to_str().unwrap_or("balancer"));
+            ours_target if ours_target.starts_with("ours") => {
+                // `ours@PATH` measures another build of the balancer (an older commit, say).
+                let binary = ours_target.strip_prefix("ours@").map_or(ours, Path::new);
+                let mut c = pinned(cpus, binary.to_str().unwrap_or("balancer"));
                 c.args(["--listen", &listen, "--workers", "1"]);
                 for p in UPSTREAMS {
                     c.args(["--backend", &format!("http://127.0.0.1:{p}")]);
+                }
+                if target == "ours-access-log" {
+                    c.arg("--access-log").arg(dir.join("access.log"));
                 }
                 c
             }

@@ -61,7 +61,7 @@ impl fmt::Display for StrategyName {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "balancer", version, max_term_width = 100)]
 pub(crate) struct Args {
-    /// TOML file with any of the settings below (the command line wins).
+    /// TOML file with any of the settings below (the command line wins); SIGHUP reloads it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Check FILE (with the other flags given) and exit: 0 if the balancer would start with it,
@@ -169,7 +169,8 @@ pub(crate) struct Args {
     /// Query parameter carrying the request counter; "" turns it off [default: reqCounter].
     #[arg(long, value_name = "NAME")]
     request_counter_param: Option<String>,
-    /// Address (IP:port) of the admin listener (GET /healthz, GET /backends); off by default.
+    /// Address (IP:port) of the admin listener (status page, /metrics, /backends, drain and
+    /// enable, /healthz); off by default.
     #[arg(long, value_name = "ADDR")]
     admin: Option<SocketAddr>,
     /// Worker threads serving requests, each with its own event loop, listener and upstream

@@ -133,6 +133,8 @@ pub struct Pool {
     /// Requests in flight to all backends, kept by every backend of the pool.
     total_in_flight: Arc<AtomicU64>,
     fail_open: AtomicBool,
+    /// Whether the current snapshot's strategy reads request keys, readable without loading it.
+    uses_key: AtomicBool,
 }
 
 impl Pool {
@@ -149,6 +151,7 @@ impl Pool {
                 .collect(),
         )?;
         Ok(Pool {
+            uses_key: AtomicBool::new(strategy.uses_key()),
             current: ArcSwap::from_pointee(Snapshot::build(0, backends, Arc::new(strategy), false)),
             writer: Mutex::new(()),
             total_in_flight,
@@ -164,6 +167,12 @@ impl Pool {
     /// Picks a backend for one request; `None` when no eligible backend is left.
     pub fn select(&self, ctx: &Context<'_>) -> Option<Arc<Backend>> {
         self.current.load().select(ctx).cloned()
+    }
+
+    /// True when the strategy in force reads the request's key ([`Strategy::uses_key`]): one
+    /// relaxed load, for a caller deciding whether to compute a key at all.
+    pub fn uses_key(&self) -> bool {
+        self.uses_key.load(Ordering::Acquire)
     }
 
     /// Requests in flight to all of the pool's backends.
@@ -358,6 +367,12 @@ impl Pool {
         backends: Vec<Arc<Backend>>,
         strategy: Arc<dyn Strategy>,
     ) {
+        // Raised before a keyed strategy takes over and lowered after one leaves, so that no
+        // request meets a keyed strategy without a key.
+        let uses_key = strategy.uses_key();
+        if uses_key {
+            self.uses_key.store(true, Ordering::Release);
+        }
         let next = Snapshot::build(
             current.generation + 1,
             backends,
@@ -365,6 +380,9 @@ impl Pool {
             self.fail_open.load(Ordering::Relaxed),
         );
         self.current.store(Arc::new(next));
+        if !uses_key {
+            self.uses_key.store(false, Ordering::Release);
+        }
     }
 }
 

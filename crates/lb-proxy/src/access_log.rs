@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::Method;
+use http::{Method, Uri};
 use lb_core::Backend;
 
 /// Receives one [`AccessEntry`] per request, once its response has been sent (or abandoned by
@@ -65,7 +65,8 @@ pub(crate) struct Pending {
     pub(crate) sink: Arc<dyn AccessLog>,
     pub(crate) client: SocketAddr,
     pub(crate) method: Method,
-    pub(crate) target: String,
+    /// The request's target: cloning a `Uri` shares its bytes, where a `String` would copy.
+    pub(crate) target: Uri,
     pub(crate) status: u16,
     pub(crate) backend: Option<Arc<Backend>>,
     pub(crate) upstream: Option<Duration>,
@@ -77,7 +78,10 @@ impl Drop for Pending {
         self.sink.log(&AccessEntry {
             client: self.client,
             method: &self.method,
-            target: &self.target,
+            target: self.target.path_and_query().map_or_else(
+                || self.target.authority().map_or("", |a| a.as_str()),
+                |p| p.as_str(),
+            ),
             status: self.status,
             backend: self.backend.as_deref().map(Backend::id),
             upstream: self.upstream,

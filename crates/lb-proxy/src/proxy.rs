@@ -375,10 +375,7 @@ impl Proxy {
             sink: Arc::clone(sink),
             client,
             method: request.method().clone(),
-            target: request
-                .uri()
-                .path_and_query()
-                .map_or_else(|| request.uri().to_string(), ToString::to_string),
+            target: request.uri().clone(),
             status: 0,
             backend: None,
             upstream: None,
@@ -441,7 +438,7 @@ impl Proxy {
             .shared
             .hash_key
             .as_deref()
-            .filter(|_| self.shared.pool.load().strategy().uses_key())
+            .filter(|_| self.shared.pool.uses_key())
             .and_then(|key| key.hash(&parts, client_ip));
         let upgrade = rewrite::is_upgrade_request(parts.version, &parts.headers);
         let client_upgrade = if upgrade {
@@ -543,12 +540,13 @@ impl Proxy {
             };
             loop {
                 let method = request.method().clone();
-                let sent_at = std::time::Instant::now();
+                let sent_at = tokio::time::Instant::now();
                 let replay = self.replay_of(&request, tried.len());
-                let mut error = match self.exchange(&mut conn, request, &mut body_sent).await {
+                let exchanged = self.exchange(&mut conn, request, &mut body_sent, sent_at);
+                let mut error = match exchanged.await {
                     Some(Ok(response)) => {
                         let now = std::time::Instant::now();
-                        let upstream = now - sent_at;
+                        let upstream = now - sent_at.into_std();
                         // Latency-aware strategies get each response's time to headers.
                         if admitted.observes_latency() {
                             backend.observe_latency(upstream, now);
@@ -648,21 +646,28 @@ impl Proxy {
         Some(replay)
     }
 
-    /// Sends `request` on `conn` and waits for the response headers, for at most the response
-    /// timeout counted from when the body has been sent. `None` when that ran out.
+    /// Sends `request` on `conn` (at `sent_at`) and waits for the response headers, for at most
+    /// the response timeout counted from when the body has been sent. `None` when that ran out.
     async fn exchange(
         &self,
         conn: &mut Conn,
         request: Request<RequestBody>,
         body_sent: &mut Option<oneshot::Receiver<()>>,
+        sent_at: tokio::time::Instant,
     ) -> Option<Result<Response<Incoming>, TrySendError<Request<RequestBody>>>> {
         let timeout = self.shared.response_timeout;
         let (response, timer) = conn.send(request);
         let deadline = async {
-            if let Some(sent) = body_sent.as_mut() {
-                let _ = sent.await;
-            }
-            timer.elapsed(tokio::time::Instant::now(), timeout).await;
+            // Counted from when the body has been sent; without a body, that is now (one
+            // clock read per request fewer).
+            let from = match body_sent.as_mut() {
+                Some(sent) => {
+                    let _ = sent.await;
+                    tokio::time::Instant::now()
+                }
+                None => sent_at,
+            };
+            timer.elapsed(from, timeout).await;
         };
         tokio::select! {
             response = response => Some(response),
