@@ -87,6 +87,7 @@ fn route(req: &Request<Incoming>, admin: &Admin) -> Response<Full<Bytes>> {
                 let body = serde_json::json!({
                     "id": backend.id(),
                     "health": backend.health().to_string(),
+                    "state": backend.health().to_string(),
                     "in_flight": backend.in_flight(),
                 });
                 reply(StatusCode::OK, "application/json", body.to_string().into())
@@ -154,6 +155,7 @@ fn backends(admin: &Admin) -> Vec<serde_json::Value> {
                 "url": b.spec().url().as_str(),
                 "weight": b.weight(),
                 "health": b.health().to_string(),
+                "state": b.health().to_string(),
                 "eligible": eligible.contains(&i),
                 "in_flight": b.in_flight(),
                 "requests": stats.total_responses() + stats.total_failures(),

@@ -272,6 +272,13 @@ async fn backends_json_shows_requests_failures_and_the_last_probe() {
         assert_eq!(entry["responses"]["2xx"], 2, "{entry}");
         assert_eq!(entry["failures"], 0, "{entry}");
         assert_eq!(entry["weight"], 1, "{entry}");
+        assert_eq!(entry["state"], "healthy", "{entry}");
+        assert!(
+            entry["url"]
+                .as_str()
+                .unwrap()
+                .starts_with("http://127.0.0.1:")
+        );
         assert_eq!(entry["last_probe"]["ok"], true, "{entry}");
         assert!(entry["last_probe"]["took_ms"].as_f64().unwrap() >= 0.0);
         assert!(entry["last_probe"]["at"].as_str().unwrap().ends_with('Z'));
