@@ -393,9 +393,9 @@ impl Proxy {
             },
             Err(error) => Err(error),
         };
-        let mut response = match forwarded {
+        let (mut response, answered) = match forwarded {
             Ok((response, _)) if log.is_none() => return response,
-            Ok(answered) => answered,
+            Ok(forwarded) => forwarded,
             Err(error) => {
                 tracing::debug!(%error, request = n, "request not forwarded");
                 self.shared.local_responses.count(error.status().as_u16());
@@ -403,14 +403,14 @@ impl Proxy {
             }
         };
         if let Some(mut log) = log {
-            log.status = response.0.status().as_u16();
-            if let Some((backend, upstream)) = response.1 {
+            log.status = response.status().as_u16();
+            if let Some((backend, upstream)) = answered {
                 log.backend = Some(backend);
                 log.upstream = Some(upstream);
             }
-            response.0.body_mut().log_on_drop(log);
+            response.body_mut().log_on_drop(log);
         }
-        response.0
+        response
     }
 
     /// Checks the request and rewrites it for the backend: hop-by-hop headers out,
