@@ -154,7 +154,7 @@ fn format_line(out: &mut String, time: &str, e: &AccessEntry<'_>) {
     out.push_str(" method=");
     out.push_str(e.method.as_str());
     out.push_str(" target=");
-    out.push_str(e.target);
+    push_value(out, e.target);
     out.push_str(" status=");
     out.push_str(numbers.format(e.status));
     out.push_str(" backend=");
@@ -167,6 +167,32 @@ fn format_line(out: &mut String, time: &str, e: &AccessEntry<'_>) {
     out.push_str(" total_ms=");
     millis(out, e.total);
     out.push('\n');
+}
+
+/// A logfmt value: as it is when it needs no quoting, else in double quotes with `"` and `\`
+/// escaped (a query's `=` needs quoting for strict parsers such as go-logfmt and Loki's).
+fn push_value(out: &mut String, value: &str) {
+    if !value
+        .bytes()
+        .any(|b| b <= b' ' || matches!(b, b'=' | b'"' | b'\\' | 0x7f))
+    {
+        out.push_str(value);
+        return;
+    }
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// `d` in milliseconds with three decimals.
@@ -207,9 +233,20 @@ mod tests {
         let line = buffer.lines;
         assert_eq!(
             line,
-            "time=2025-11-25T10:00:00.123Z client=127.0.0.1:5000 method=GET target=/ping?a=1 \
+            "time=2025-11-25T10:00:00.123Z client=127.0.0.1:5000 method=GET target=\"/ping?a=1\" \
              status=200 backend=127.0.0.1:8081 upstream_ms=0.412 total_ms=61.005\n"
         );
+    }
+
+    #[test]
+    fn targets_are_quoted_only_when_logfmt_needs_it() {
+        let mut out = String::new();
+        push_value(&mut out, "/a/b.css");
+        out.push(' ');
+        push_value(&mut out, "/q?x=1");
+        out.push(' ');
+        push_value(&mut out, r#"/say"hi"\"#);
+        assert_eq!(out, r#"/a/b.css "/q?x=1" "/say\"hi\"\\""#);
     }
 
     #[test]

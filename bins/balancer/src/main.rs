@@ -210,13 +210,24 @@ fn main() -> ExitCode {
             pool: Arc::clone(&pool),
             reloads,
         };
-        loop {
-            tokio::select! {
+        'serving: loop {
+            let cause = tokio::select! {
                 signalled = signals.next() => match signalled {
                     Signalled::Stop => break,
-                    Signalled::Reload => reloader.reload("SIGHUP").await,
+                    Signalled::Reload => "SIGHUP",
                 },
-                Some(()) = file_changes.recv() => reloader.reload("config file changed").await,
+                Some(()) = file_changes.recv() => "config file changed",
+            };
+            // A reload waits for new backends' first probes: SIGTERM is still heard meanwhile
+            // (a SIGHUP then is already being served by the reload under way).
+            let mut reload = std::pin::pin!(reloader.reload(cause));
+            loop {
+                tokio::select! {
+                    () = &mut reload => break,
+                    signalled = signals.next() => if let Signalled::Stop = signalled {
+                        break 'serving;
+                    },
+                }
             }
         }
         signals.exit_on_second();
@@ -264,7 +275,17 @@ impl Reloader {
 
     async fn try_reload(&mut self, cause: &str) -> Result<(), String> {
         let new = Settings::from_args(self.args.clone())?;
+        if new.default_backends && !self.running.default_backends {
+            // An empty or cut-off file (one being written, say) must not replace every backend
+            // with the built-in defaults.
+            return Err("the configuration lists no backend".to_owned());
+        }
         let probe = probe(&new)?;
+        let specs: Vec<BackendSpec> = new.backends.iter().chain(&self.demo).cloned().collect();
+        let mut ids = std::collections::HashSet::new();
+        if let Some(twice) = specs.iter().find(|s| !ids.insert(s.id())) {
+            return Err(format!("duplicate backend {}", twice.id()));
+        }
         let strategy_changed = (new.strategy, new.load, new.seed, new.hash_bounded_load)
             != (
                 self.running.strategy,
@@ -273,15 +294,16 @@ impl Reloader {
                 self.running.hash_bounded_load,
             );
         let strategy = strategy_changed.then(|| Arc::from(strategy(&new)));
-        // The only step that can still fail, and it changes nothing when it does.
-        let changes = self
-            .checker
-            .update_backends(new.backends.iter().chain(&self.demo).cloned(), strategy)
-            .await
-            .map_err(|e| e.to_string())?;
+        // Nothing below can fail now: health settings first, so that new backends are probed
+        // the new way.
         self.pool.set_fail_open(new.fail_open);
         self.checker.set_probe(probe);
         configure_health(&self.checker, &new);
+        let changes = self
+            .checker
+            .update_backends(specs, strategy)
+            .await
+            .map_err(|e| e.to_string())?;
         let ids = |backends: &[Arc<lb_core::Backend>]| {
             backends
                 .iter()

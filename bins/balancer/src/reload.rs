@@ -12,7 +12,8 @@ use tokio::sync::mpsc;
 const EVERY: Duration = Duration::from_secs(1);
 
 /// Sends `()` each time `path` changes (modification time, size, or appearing again after it
-/// was replaced), until `shutdown` completes.
+/// was replaced) and then stays unchanged for a second, so that a file still being written is
+/// not read half-way; until `shutdown` completes.
 pub(crate) fn watch(
     path: PathBuf,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -20,7 +21,8 @@ pub(crate) fn watch(
     let (tx, rx) = mpsc::channel(1);
     tokio::spawn(async move {
         let mut shutdown = std::pin::pin!(shutdown);
-        let mut last = stamp(&path);
+        let mut applied = stamp(&path);
+        let mut seen = applied;
         let mut tick = tokio::time::interval(EVERY);
         loop {
             tokio::select! {
@@ -28,12 +30,14 @@ pub(crate) fn watch(
                 _ = tick.tick() => {}
             }
             let now = stamp(&path);
-            // A file being replaced may be missing for a moment: wait until it is back.
-            if now.is_some() && now != last {
-                last = now;
+            // Changed since the last reload, and the same as a tick ago; a file being replaced
+            // may be missing for a moment: wait until it is back.
+            if now.is_some() && now != applied && now == seen {
+                applied = now;
                 // Full means a reload is already pending, which will read this change too.
                 let _ = tx.try_send(());
             }
+            seen = now;
         }
     });
     rx

@@ -289,6 +289,8 @@ pub(crate) struct Settings {
     pub(crate) admin: Option<SocketAddr>,
     pub(crate) workers: usize,
     pub(crate) grace_period: Duration,
+    /// No backend was given anywhere: these are the original's three.
+    pub(crate) default_backends: bool,
     pub(crate) access_log: Option<PathBuf>,
     /// The config file read, which SIGHUP reads again.
     pub(crate) config: Option<PathBuf>,
@@ -326,7 +328,8 @@ impl Settings {
             }
         }
         let demo = args.demo;
-        if backends.is_empty() && !demo {
+        let default_backends = backends.is_empty() && !demo;
+        if default_backends {
             backends = DEFAULT_BACKENDS
                 .iter()
                 .map(|u| u.parse())
@@ -446,6 +449,7 @@ impl Settings {
                 .grace_period
                 .or(file.grace_period)
                 .unwrap_or(Duration::from_secs(30)),
+            default_backends,
             access_log: args.access_log.or(file.access_log),
             config: args.config,
             watch_config: args.watch_config || file.watch_config.unwrap_or(false),
@@ -807,6 +811,9 @@ mod tests {
         let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../balancer.toml");
         let mut from_file = settings(&["--config", example]).unwrap();
         assert_eq!(from_file.config.take().unwrap(), PathBuf::from(example));
+        // The same three backends, listed rather than defaulted.
+        assert!(!from_file.default_backends);
+        from_file.default_backends = true;
         let defaults = settings(&[]).unwrap();
         assert_eq!(format!("{from_file:?}"), format!("{defaults:?}"));
     }

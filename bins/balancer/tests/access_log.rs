@@ -10,13 +10,14 @@ use http_body_util::Full;
 use hyper::Request;
 use support::*;
 
-/// The `key=value` fields of one logfmt line.
+/// The `key=value` fields of one logfmt line (values here have no spaces; quotes are removed).
 fn fields(line: &str) -> HashMap<&str, &str> {
     line.split(' ')
         .map(|field| {
-            field
+            let (key, value) = field
                 .split_once('=')
-                .unwrap_or_else(|| panic!("{field:?} in {line:?}"))
+                .unwrap_or_else(|| panic!("{field:?} in {line:?}"));
+            (key, value.trim_matches('"'))
         })
         .collect()
 }
@@ -65,6 +66,14 @@ async fn every_request_gets_one_line_with_every_field() {
         b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
     );
     assert!(refused.starts_with("HTTP/1.1 405"), "{refused}");
+    // A client that goes away before its answer: 499, as nginx logs it.
+    {
+        use std::io::Write;
+        let mut gone = std::net::TcpStream::connect(lb.addr).unwrap();
+        gone.write_all(b"GET /delay/2000 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 
     // Written out within a fraction of a second, though nothing else happens.
     let mut lines = Vec::new();
@@ -74,11 +83,27 @@ async fn every_request_gets_one_line_with_every_field() {
             .lines()
             .map(str::to_owned)
             .collect();
-        lines.len() >= 4
+        lines.len() >= 5
     })
     .await;
     assert!(written, "{lines:?}");
-    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    // A query's `=` is quoted, as strict logfmt parsers want; a plain path is not.
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains(" target=\"/ping?x=1\" "))
+            .count(),
+        1,
+        "{lines:?}"
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains(" target=/echo "))
+            .count(),
+        1
+    );
     let mut by_target: HashMap<String, HashMap<&str, &str>> = HashMap::new();
     for line in &lines {
         let f = fields(line);
@@ -118,6 +143,7 @@ async fn every_request_gets_one_line_with_every_field() {
     expect("/echo", "POST", "200", &second.backend());
     expect("/status/503", "GET", "503", &third.backend());
     expect("example.com:443", "CONNECT", "405", "-");
+    expect("/delay/2000", "GET", "499", "-");
     // The three through one client connection came from one client port.
     let port = |t: &str| by_target[t]["client"];
     assert_eq!(port("/ping?x=1"), port("/echo"));

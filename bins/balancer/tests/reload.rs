@@ -279,7 +279,7 @@ async fn unchanged_backends_keep_their_counters_and_pooled_connections() {
     let before = backends_json(admin).await;
 
     config.write(
-        "strategy = \"least-connections\"\nhealth-interval = \"500ms\"",
+        "strategy = \"weighted-round-robin\"\nhealth-interval = \"500ms\"",
         &[
             (&backends[0].url(), 1),
             (&backends[1].url(), 1),
@@ -319,6 +319,8 @@ async fn an_invalid_reload_is_refused_and_the_old_configuration_keeps_serving() 
         ("bogus-key = 1", vec![(a.url(), 1)], "bogus-key"),
         ("health-rise = 0", vec![(a.url(), 1)], "health-rise"),
         ("", vec![(b.url(), 1), (b.url(), 2)], b.id()),
+        // An empty file (one being written, say) does not swap in the default backends.
+        ("", vec![], "lists no backend"),
     ];
     for (i, (settings, list, named)) in bad.iter().enumerate() {
         let list: Vec<_> = list.iter().map(|(u, w)| (u.as_str(), *w)).collect();
@@ -345,7 +347,7 @@ async fn an_invalid_reload_is_refused_and_the_old_configuration_keeps_serving() 
     }
     let m = get(&format!("http://{admin}/metrics")).await.text();
     assert!(
-        m.contains("lb_config_reloads_total{result=\"failure\"} 3"),
+        m.contains("lb_config_reloads_total{result=\"failure\"} 4"),
         "{m}"
     );
 

@@ -294,7 +294,8 @@ impl Pool {
     /// A backend whose `host:port`, URL and protocol are unchanged is kept as it is: its
     /// health, counters, in-flight requests and (in the proxy) pooled connections survive; only
     /// its weight is updated. Backends that are new join with `new_health` (`Unhealthy` keeps
-    /// them out until a health check has passed, as Envoy does for new hosts). Backends no
+    /// them out until a health check has passed, as Envoy does for new hosts, unless the pool
+    /// fails open and nothing is healthy). Backends no
     /// longer listed leave every new snapshot and are marked draining: requests in flight to
     /// them finish. Fails, changing nothing, if two specs name the same `host:port`.
     pub fn reconfigure(
@@ -367,8 +368,9 @@ impl Pool {
         backends: Vec<Arc<Backend>>,
         strategy: Arc<dyn Strategy>,
     ) {
-        // Raised before a keyed strategy takes over and lowered after one leaves, so that no
-        // request meets a keyed strategy without a key.
+        // Raised before a keyed strategy takes over and lowered after one leaves, so that a
+        // request meets a keyed strategy without a key only if it read the flag just before a
+        // switch; such a request is sent as a keyless one (round robin), never lost.
         let uses_key = strategy.uses_key();
         if uses_key {
             self.uses_key.store(true, Ordering::Release);

@@ -320,7 +320,7 @@ impl Checker {
     ) -> Option<Arc<Backend>> {
         let backend = self.pool.get(id)?;
         let mut machines = self.lock();
-        let tracked = self.tracked(&mut machines, &backend);
+        let tracked = self.tracked(&mut machines, &backend)?;
         if let Some(change) = signal(&mut tracked.machine, Instant::now()) {
             self.publish(&backend, change);
         }
@@ -334,23 +334,35 @@ impl Checker {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The backend's entry, created from the pool's view if the checker has not probed it yet.
+    /// The backend's entry, created from the pool's view if the checker has not probed it yet;
+    /// `None` for a backend no longer in the pool (a reload removed it), which gets no entry.
     fn tracked<'m>(
         &self,
         machines: &'m mut HashMap<u64, Tracked>,
         backend: &Arc<Backend>,
-    ) -> &'m mut Tracked {
-        machines.entry(backend.key()).or_insert_with(|| {
+    ) -> Option<&'m mut Tracked> {
+        if !self.in_pool(backend) {
+            return None;
+        }
+        Some(machines.entry(backend.key()).or_insert_with(|| {
             Tracked::new(Machine::first(
                 backend.health() == Health::Healthy,
                 Instant::now(),
             ))
-        })
+        }))
+    }
+
+    /// True if this very backend (not only one with its `host:port`) is in the pool.
+    fn in_pool(&self, backend: &Backend) -> bool {
+        self.pool
+            .get(backend.id())
+            .is_some_and(|b| b.key() == backend.key())
     }
 
     fn track(&self, backend: &Arc<Backend>) -> Arc<Notify> {
         let mut machines = self.lock();
-        Arc::clone(&self.tracked(&mut machines, backend).wake)
+        self.tracked(&mut machines, backend)
+            .map_or_else(|| Arc::new(Notify::new()), |t| Arc::clone(&t.wake))
     }
 
     fn forget_all_but(&self, present: &HashMap<u64, &Arc<Backend>>) {
@@ -399,21 +411,22 @@ impl Checker {
         let mut initial = Vec::new();
         for (backend, record) in results {
             let error = record.error.clone();
-            if let Some(tracked) = machines.get_mut(&backend.key()) {
-                tracked.last_probe = Some(record.clone());
-                if let Some(change) = tracked.machine.on_probe(error, now, &policy) {
-                    self.publish(backend, change);
-                }
-            } else if self
-                .pool
-                .get(backend.id())
-                .is_some_and(|b| b.key() == backend.key())
-            {
-                let machine = Machine::first(error.is_none(), now);
-                initial.push((Arc::clone(backend), machine.state(), error));
-                let mut tracked = Tracked::new(machine);
-                tracked.last_probe = Some(record.clone());
-                machines.insert(backend.key(), tracked);
+            if !self.in_pool(backend) {
+                continue;
+            }
+            let tracked = machines
+                .entry(backend.key())
+                .or_insert_with(|| Tracked::new(Machine::first(error.is_none(), now)));
+            // A backend's first probe result is its initial state (no rise or fall), also when
+            // its task made its entry before any result came in; a drain or an ejection stays.
+            let first = tracked.last_probe.is_none()
+                && matches!(tracked.machine.state(), Health::Healthy | Health::Unhealthy);
+            tracked.last_probe = Some(record.clone());
+            if first {
+                tracked.machine = Machine::first(error.is_none(), now);
+                initial.push((Arc::clone(backend), tracked.machine.state(), error));
+            } else if let Some(change) = tracked.machine.on_probe(error, now, &policy) {
+                self.publish(backend, change);
             }
         }
         self.pool
@@ -551,7 +564,9 @@ impl Observer for Checker {
             .filter(|t| t.machine.state() == Health::Ejected)
             .count();
         let pool_size = self.pool.load().backends().len();
-        let tracked = self.tracked(&mut machines, backend);
+        let Some(tracked) = self.tracked(&mut machines, backend) else {
+            return;
+        };
         if let Some(change) = tracked.machine.on_failures(
             failures,
             outcome,

@@ -26,7 +26,8 @@ pub struct AccessEntry<'a> {
     pub method: &'a Method,
     /// The request target as the client sent it (path and query, before any rewriting).
     pub target: &'a str,
-    /// The status sent to the client (the backend's, or the proxy's own error status).
+    /// The status sent to the client (the backend's, or the proxy's own error status); 499 if
+    /// the client went away before an answer was ready (nginx's convention).
     pub status: u16,
     /// The backend that answered; `None` when the proxy answered itself.
     pub backend: Option<&'a str>,

@@ -376,7 +376,8 @@ impl Proxy {
             client,
             method: request.method().clone(),
             target: request.uri().clone(),
-            status: 0,
+            // What stays logged if the client goes away before its answer (nginx's 499).
+            status: 499,
             backend: None,
             upstream: None,
             started: std::time::Instant::now(),

@@ -488,6 +488,32 @@ async fn update_backends_keeps_state_probes_new_ones_first_and_forgets_removed_o
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_new_backends_first_probe_is_its_initial_state_whatever_the_rise() {
+    let probe = Arc::new(Scripted::default());
+    let policy = Policy {
+        rise: 3,
+        slow_start: Some(Duration::from_secs(10)),
+        ..Policy::default()
+    };
+    let running = start(policy, Arc::clone(&probe)).await;
+    let mut events = running.checker.subscribe();
+    for _ in 0..3 {
+        events.recv().await.unwrap();
+    }
+    const D: &str = "127.0.0.1:4";
+    let specs = [A, B, C, D].map(|s| format!("http://{s}").parse().unwrap());
+    running.checker.update_backends(specs, None).await.unwrap();
+    // In at once, at full weight (not three probes later, not slow-started), and announced as
+    // its initial state; also after the running checker's task for it has started.
+    assert_eq!(eligible_ids(&running.pool), [A, B, C, D]);
+    assert_eq!(backend(&running.pool, D).weight_scale(), FULL_WEIGHT);
+    let event = events.recv().await.unwrap();
+    assert_eq!((event.backend.as_ref(), event.reason), (D, Reason::Initial));
+    time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(eligible_ids(&running.pool), [A, B, C, D]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_shorter_interval_applies_at_once() {
     let probe = Arc::new(Scripted::default());
     let running = start(Policy::default(), Arc::clone(&probe)).await;
