@@ -273,8 +273,11 @@ async fn unchanged_backends_keep_their_counters_and_pooled_connections() {
             .body(Default::default())
             .unwrap()
     };
+    // A pause after each request lets its upstream connection go back to the pool, ready, before
+    // the next one: back to back, a request can find it still finishing and open another.
     for _ in 0..10 {
         assert_eq!(send(&client, request()).await.status, 200);
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let before = backends_json(admin).await;
 
@@ -290,6 +293,7 @@ async fn unchanged_backends_keep_their_counters_and_pooled_connections() {
     lb.wait_for_log("configuration reloaded", 1).await;
     for _ in 0..12 {
         assert_eq!(send(&client, request()).await.status, 200);
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let after = backends_json(admin).await;
     assert_eq!(after.len(), 3);
