@@ -178,15 +178,12 @@ impl Collector for Balancer {
                     .encode_histogram::<NoLabelSet>(h.sum, h.count, &own, None)
             },
         )?;
-        per_backend(
+        per_backend_value(
             &mut encoder,
             backends,
             ("backend_in_flight", MetricType::Gauge),
             "Requests in flight to each backend.",
-            |b, family| {
-                let labels = [("backend", b.id())];
-                ConstGauge::new(b.in_flight() as i64).encode(family.encode_family(&labels)?)
-            },
+            |_, b| b.in_flight(),
         )?;
         per_backend(
             &mut encoder,
@@ -204,50 +201,33 @@ impl Collector for Balancer {
                 Ok(())
             },
         )?;
-        per_backend(
+        per_backend_value(
             &mut encoder,
             backends,
             ("backend_eligible", MetricType::Gauge),
             "1 if the backend takes new requests now.",
-            |b, family| {
-                let eligible = snapshot
-                    .eligible()
-                    .iter()
-                    .any(|&i| backends[i].key() == b.key());
-                let labels = [("backend", b.id())];
-                ConstGauge::new(i64::from(eligible)).encode(family.encode_family(&labels)?)
-            },
+            |i, _| u64::from(snapshot.eligible().binary_search(&i).is_ok()),
         )?;
-        per_backend(
+        per_backend_value(
             &mut encoder,
             backends,
             ("backend_weight", MetricType::Gauge),
             "Each backend's configured weight.",
-            |b, family| {
-                let labels = [("backend", b.id())];
-                ConstGauge::new(i64::from(b.weight())).encode(family.encode_family(&labels)?)
-            },
+            |_, b| u64::from(b.weight()),
         )?;
-        per_backend(
+        per_backend_value(
             &mut encoder,
             backends,
             ("backend_ejections", MetricType::Counter),
             "Times each backend was ejected by passive health.",
-            |b, family| {
-                let labels = [("backend", b.id())];
-                ConstCounter::new(b.stats().ejections()).encode(family.encode_family(&labels)?)
-            },
+            |_, b| b.stats().ejections(),
         )?;
-        per_backend(
+        per_backend_value(
             &mut encoder,
             backends,
             ("backend_connections_opened", MetricType::Counter),
             "Connections opened to each backend.",
-            |b, family| {
-                let labels = [("backend", b.id())];
-                ConstCounter::new(b.stats().connections_opened())
-                    .encode(family.encode_family(&labels)?)
-            },
+            |_, b| b.stats().connections_opened(),
         )?;
 
         {
@@ -302,6 +282,28 @@ fn per_backend(
     let mut family = encoder.encode_descriptor(name, help, None, kind)?;
     for backend in backends {
         each(backend, &mut family)?;
+    }
+    Ok(())
+}
+
+/// One counter or gauge per backend, labelled with its `host:port` only; `value` gets the
+/// backend's index in the snapshot and the backend.
+fn per_backend_value(
+    encoder: &mut DescriptorEncoder<'_>,
+    backends: &[Arc<Backend>],
+    (name, kind): (&str, MetricType),
+    help: &str,
+    value: impl Fn(usize, &Backend) -> u64,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+    for (i, backend) in backends.iter().enumerate() {
+        let labels = [("backend", backend.id())];
+        let sample = family.encode_family(&labels)?;
+        let n = value(i, backend);
+        match kind {
+            MetricType::Counter => ConstCounter::new(n).encode(sample)?,
+            _ => ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX)).encode(sample)?,
+        }
     }
     Ok(())
 }
