@@ -70,33 +70,57 @@ impl Drop for Admitted {
     }
 }
 
-/// Admits a request to a backend not in `tried`. `Ok(None)`: no eligible backend is left at all
-/// (none healthy, or every one already tried). `Err(Overloaded)`: every eligible backend stayed
-/// full for the whole queue timeout, or the queue was full.
-pub(crate) async fn admit(
+/// What a request finds when it asks to be let through now.
+pub(crate) enum Admission<'a> {
+    Admitted(Admitted),
+    /// No eligible backend is left at all (none healthy, or every one already tried).
+    NoneEligible,
+    /// Every eligible backend is full, or other requests are already waiting: wait in the
+    /// [`queue`] of these limits.
+    Queue(&'a Arc<Limits>),
+}
+
+/// Admits a request to a backend not in `tried`, if that can be done without waiting.
+///
+/// Synchronous, so that the request's future (allocated per request) carries no queue wait:
+/// only a request that must queue awaits [`queue`].
+pub(crate) fn admit_now<'a>(
     pool: &Pool,
-    limits: Option<&Arc<Limits>>,
+    limits: Option<&'a Arc<Limits>>,
     tried: &[u64],
     key: Option<u64>,
-) -> Result<Option<Admitted>, ProxyError> {
+) -> Admission<'a> {
     let Some(limits) = limits else {
         let snapshot = pool.load();
-        return Ok(snapshot
-            .select(&context(tried, key))
-            .map(|backend| Admitted {
+        return match snapshot.select(&context(tried, key)) {
+            Some(backend) => Admission::Admitted(Admitted {
                 in_flight: backend.start_request(),
                 limits: None,
                 observes_latency: snapshot.strategy().uses_latency(),
-            }));
+            }),
+            None => Admission::NoneEligible,
+        };
     };
     // Requests already waiting go first.
-    if limits.queued.load(Ordering::Acquire) == 0 {
-        match try_admit(pool, limits, tried, key) {
-            Attempt::Admitted(admitted) => return Ok(Some(admitted)),
-            Attempt::NoneEligible => return Ok(None),
-            Attempt::AllFull => {}
-        }
+    if limits.queued.load(Ordering::Acquire) > 0 {
+        return Admission::Queue(limits);
     }
+    match try_admit(pool, limits, tried, key) {
+        Attempt::Admitted(admitted) => Admission::Admitted(admitted),
+        Attempt::NoneEligible => Admission::NoneEligible,
+        Attempt::AllFull => Admission::Queue(limits),
+    }
+}
+
+/// Waits in the queue until a backend not in `tried` has room. `Ok(None)`: no eligible backend
+/// is left at all. `Err(Overloaded)`: every eligible backend stayed full for the whole queue
+/// timeout, or the queue was full.
+pub(crate) async fn queue(
+    pool: &Pool,
+    limits: &Arc<Limits>,
+    tried: &[u64],
+    key: Option<u64>,
+) -> Result<Option<Admitted>, ProxyError> {
     if limits.queued.fetch_add(1, Ordering::AcqRel) >= limits.max_queued {
         limits.queued.fetch_sub(1, Ordering::AcqRel);
         return Err(ProxyError::Overloaded);
@@ -168,6 +192,20 @@ fn try_admit(pool: &Pool, limits: &Arc<Limits>, tried: &[u64], key: Option<u64>)
 mod tests {
     use super::*;
     use lb_core::RoundRobin;
+
+    /// Admits at once or after waiting, as the proxy does.
+    async fn admit(
+        pool: &Pool,
+        limits: Option<&Arc<Limits>>,
+        tried: &[u64],
+        key: Option<u64>,
+    ) -> Result<Option<Admitted>, ProxyError> {
+        match admit_now(pool, limits, tried, key) {
+            Admission::Admitted(admitted) => Ok(Some(admitted)),
+            Admission::NoneEligible => Ok(None),
+            Admission::Queue(limits) => queue(pool, limits, tried, key).await,
+        }
+    }
 
     fn pool(n: u16) -> Pool {
         Pool::new(

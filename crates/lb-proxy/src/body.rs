@@ -68,8 +68,8 @@ impl ProxyBody {
     }
 
     /// Logs `entry` when this body is dropped.
-    pub(crate) fn log_on_drop(&mut self, entry: Pending) {
-        self.log = Some(Box::new(entry));
+    pub(crate) fn log_on_drop(&mut self, entry: Box<Pending>) {
+        self.log = Some(entry);
     }
 
     fn release_if_done(&mut self) {

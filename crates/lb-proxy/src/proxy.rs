@@ -17,7 +17,9 @@ use hyper::client::conn::TrySendError;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use lb_core::{Backend, Observer, Outcome, Pool};
+use smallvec::SmallVec;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::retry::budget::{Budget, TpsBudget};
@@ -25,7 +27,7 @@ use tower::retry::budget::{Budget, TpsBudget};
 use crate::HashKey;
 use crate::ProxyError;
 use crate::access_log::{AccessLog, Pending};
-use crate::admission::{self, Admitted, Limits};
+use crate::admission::{self, Admission, Admitted, Limits};
 use crate::body::{ProxyBody, RequestBody};
 use crate::rewrite;
 use crate::upstream::{Conn, Upstream, UpstreamConfig};
@@ -360,58 +362,67 @@ impl Proxy {
         request: Request<Incoming>,
         client: SocketAddr,
     ) -> Response<ProxyBody> {
-        self.forward_from(request, client, &ip_header(client.ip()))
-            .await
+        let Ok(response) = self
+            .forward_from(request, client, &ip_header(client.ip()))
+            .await;
+        response
     }
 
-    async fn forward_from(
+    /// Starts forwarding a request. What needs no waiting (the counter, the checks, the
+    /// rewriting) is done before the future is made, and the future owns only the rewritten
+    /// request: the server boxes one such future per request, so its size is paid on every
+    /// request (written as one `async fn` holding the client's request, the rewritten one and
+    /// every step's state at once, it was 4 KiB).
+    fn forward_from(
         &self,
         request: Request<Incoming>,
         client: SocketAddr,
         client_ip: &HeaderValue,
-    ) -> Response<ProxyBody> {
+    ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static {
         let n = self.shared.counter.fetch_add(1, Ordering::Relaxed) + 1;
-        let log = self.shared.access_log.as_ref().map(|sink| Pending {
-            sink: Arc::clone(sink),
-            client,
-            method: request.method().clone(),
-            target: request.uri().clone(),
-            // What stays logged if the client goes away before its answer (nginx's 499).
-            status: 499,
-            backend: None,
-            upstream: None,
-            started: std::time::Instant::now(),
+        let log = self.shared.access_log.as_ref().map(|sink| {
+            Box::new(Pending {
+                sink: Arc::clone(sink),
+                client,
+                method: request.method().clone(),
+                target: request.uri().clone(),
+                // What stays logged if the client goes away before its answer (nginx's 499).
+                status: 499,
+                backend: None,
+                upstream: None,
+                started: std::time::Instant::now(),
+            })
         });
-        // The rewriting is synchronous, so that no future below holds the client's request
-        // as well as the rewritten one: the request future is copied into a box per request.
-        let forwarded = match self.prepare(request, n, client_ip) {
-            Ok(prepared) => match self
-                .dispatch(prepared.request, prepared.body_sent, prepared.key)
-                .await
-            {
-                Ok(exchanged) => self.finish(exchanged, prepared.client_upgrade),
+        let mut prepared = self.prepare(request, n, client_ip);
+        let proxy = self.clone();
+        async move {
+            // Matched in place: binding the upvar by value would copy it into the future again.
+            let forwarded = match prepared {
+                Ok(ref mut prepared) => match proxy.dispatch(prepared).await {
+                    Ok(exchanged) => proxy.finish(exchanged, prepared.client_upgrade.take()),
+                    Err(error) => Err(error),
+                },
                 Err(error) => Err(error),
-            },
-            Err(error) => Err(error),
-        };
-        let (mut response, answered) = match forwarded {
-            Ok((response, _)) if log.is_none() => return response,
-            Ok(forwarded) => forwarded,
-            Err(error) => {
-                tracing::debug!(%error, request = n, "request not forwarded");
-                self.shared.local_responses.count(error.status().as_u16());
-                (error_response(&error), None)
+            };
+            let (mut response, answered) = match forwarded {
+                Ok((response, _)) if log.is_none() => return Ok(response),
+                Ok(forwarded) => forwarded,
+                Err(error) => {
+                    tracing::debug!(%error, request = n, "request not forwarded");
+                    proxy.shared.local_responses.count(error.status().as_u16());
+                    (error_response(&error), None)
+                }
+            };
+            if let Some(mut log) = log {
+                log.status = response.status().as_u16();
+                if let Some((backend, upstream)) = answered {
+                    log.backend = Some(backend);
+                    log.upstream = Some(upstream);
+                }
+                response.body_mut().log_on_drop(log);
             }
-        };
-        if let Some(mut log) = log {
-            log.status = response.status().as_u16();
-            if let Some((backend, upstream)) = answered {
-                log.backend = Some(backend);
-                log.upstream = Some(upstream);
-            }
-            response.body_mut().log_on_drop(log);
+            Ok(response)
         }
-        response
     }
 
     /// Checks the request and rewrites it for the backend: hop-by-hop headers out,
@@ -454,7 +465,7 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         let (body, body_sent) = RequestBody::new(body);
         Ok(Prepared {
-            request: Request::from_parts(parts, body),
+            request: Some(Request::from_parts(parts, body)),
             body_sent,
             client_upgrade,
             key,
@@ -503,23 +514,35 @@ impl Proxy {
     /// only within the retry budget) while the request provably has not left the proxy
     /// (connect failed, or a pooled connection turned out closed), or when it is idempotent,
     /// has no body and its backend broke the connection before answering.
-    async fn dispatch(
-        &self,
-        mut request: Request<RequestBody>,
-        mut body_sent: Option<oneshot::Receiver<()>>,
-        key: Option<u64>,
-    ) -> Result<Exchanged, ProxyError> {
+    ///
+    /// The request stays in `prepared` (owned by the caller's future) and is taken out only to
+    /// be sent, so no await point here holds a copy of it; the rare waits (a queue, a connect)
+    /// are boxed, so they add nothing to the future of a request that needs neither.
+    async fn dispatch(&self, prepared: &mut Prepared) -> Result<Exchanged, ProxyError> {
         let shared = &self.shared;
         if let Some(budget) = &shared.budget {
             budget.deposit();
         }
-        let mut tried: Vec<u64> = Vec::new();
-        let mut last_error = None;
+        let mut tried: SmallVec<[u64; 2]> = SmallVec::new();
+        // Boxed: it is rare, and would otherwise take room in every request's future.
+        let mut last_error: Option<Box<ProxyError>> = None;
         'backends: while shared.retries.is_none_or(|r| tried.len() <= r) {
-            let Some(admitted) =
-                admission::admit(&shared.pool, shared.limits.as_ref(), &tried, key).await?
-            else {
-                break;
+            let admitted = match admission::admit_now(
+                &shared.pool,
+                shared.limits.as_ref(),
+                &tried,
+                prepared.key,
+            ) {
+                Admission::Admitted(admitted) => admitted,
+                Admission::NoneEligible => break,
+                Admission::Queue(limits) => {
+                    match Box::pin(admission::queue(&shared.pool, limits, &tried, prepared.key))
+                        .await?
+                    {
+                        Some(admitted) => admitted,
+                        None => break,
+                    }
+                }
             };
             if !tried.is_empty() {
                 if shared.budget.as_ref().is_some_and(|b| !b.withdraw()) {
@@ -528,93 +551,130 @@ impl Proxy {
                 }
                 shared.retries_made.fetch_add(1, Ordering::Relaxed);
             }
-            let backend = Arc::clone(admitted.backend());
+            let backend = admitted.backend();
             tried.push(backend.key());
-            let mut conn = match shared.upstream.checkout(&backend).await {
-                Ok(conn) => conn,
-                Err(error) => {
-                    tracing::debug!(%error, "trying the next backend");
-                    self.observe(&backend, Outcome::ConnectFailed);
-                    last_error = Some(error);
-                    continue;
-                }
+            let mut conn = match shared.upstream.kept(backend) {
+                Some(conn) => conn,
+                None => match Box::pin(shared.upstream.connect_or_join(backend)).await {
+                    Ok(conn) => conn,
+                    Err(error) => {
+                        tracing::debug!(%error, "trying the next backend");
+                        self.observe(backend, Outcome::ConnectFailed);
+                        last_error = Some(Box::new(error));
+                        continue;
+                    }
+                },
             };
             loop {
-                let method = request.method().clone();
-                let sent_at = tokio::time::Instant::now();
-                let replay = self.replay_of(&request, tried.len());
-                let exchanged = self.exchange(&mut conn, request, &mut body_sent, sent_at);
-                let mut error = match exchanged.await {
-                    Some(Ok(response)) => {
-                        let now = std::time::Instant::now();
-                        let upstream = now - sent_at.into_std();
-                        // Latency-aware strategies get each response's time to headers.
-                        if admitted.observes_latency() {
-                            backend.observe_latency(upstream, now);
+                // One exchange, in a block: what it needs is gone before the reconnect below.
+                let error = {
+                    let (response, timer, method, sent_at) = {
+                        let Some(request) = prepared.request.take() else {
+                            // Cannot happen: every way back here puts the request back first.
+                            break 'backends;
+                        };
+                        let method = request.method().clone();
+                        // The request's copy, if it is to be retried elsewhere should the
+                        // backend break the connection before answering, waits where the
+                        // request was.
+                        prepared.request = self.replay_of(&request, tried.len());
+                        let sent_at = Instant::now();
+                        let (response, timer) = conn.send(request);
+                        (response, timer, method, sent_at)
+                    };
+                    let body_sent = prepared.body_sent.as_mut();
+                    let timeout = shared.response_timeout;
+                    // The response timeout counts from when the body has been sent; without a
+                    // body, from now (one clock read per request fewer).
+                    let deadline = async move {
+                        let from = match body_sent {
+                            Some(sent) => {
+                                let _ = sent.await;
+                                Instant::now()
+                            }
+                            None => sent_at,
+                        };
+                        let deadline = from + timeout;
+                        std::future::poll_fn(|cx| timer.poll_until(cx, deadline)).await;
+                    };
+                    let outcome = tokio::select! {
+                        biased;
+                        response = response => Some(response),
+                        () = deadline => None,
+                    };
+                    match outcome {
+                        Some(Ok(response)) => {
+                            let now = std::time::Instant::now();
+                            let upstream = now - sent_at.into_std();
+                            // Latency-aware strategies get each response's time to headers.
+                            if admitted.observes_latency() {
+                                backend.observe_latency(upstream, now);
+                            }
+                            let status = response.status();
+                            backend.stats().record_response(
+                                method.as_str(),
+                                status.as_u16(),
+                                upstream,
+                            );
+                            self.observe(
+                                backend,
+                                if status.is_server_error() {
+                                    Outcome::ServerError(status.as_u16())
+                                } else {
+                                    Outcome::Success
+                                },
+                            );
+                            return Ok(Exchanged {
+                                response,
+                                conn,
+                                admitted,
+                                upstream,
+                            });
                         }
-                        let status = response.status();
-                        backend
-                            .stats()
-                            .record_response(method.as_str(), status.as_u16(), upstream);
-                        self.observe(
-                            &backend,
-                            if status.is_server_error() {
-                                Outcome::ServerError(status.as_u16())
-                            } else {
-                                Outcome::Success
-                            },
-                        );
-                        return Ok(Exchanged {
-                            response,
-                            conn,
-                            admitted,
-                            upstream,
-                        });
-                    }
-                    Some(Err(error)) => error,
-                    None => {
-                        self.observe(&backend, Outcome::Timeout);
-                        return Err(ProxyError::ResponseTimeout {
-                            backend: backend.id().to_owned(),
-                            timeout: shared.response_timeout,
-                        });
+                        Some(Err(error)) => error,
+                        None => {
+                            self.observe(backend, Outcome::Timeout);
+                            return Err(ProxyError::ResponseTimeout {
+                                backend: backend.id().to_owned(),
+                                timeout: shared.response_timeout,
+                            });
+                        }
                     }
                 };
-                let Some(unsent) = error.take_message() else {
-                    self.observe(&backend, Outcome::Reset);
-                    let error = ProxyError::Upstream {
-                        backend: backend.id().to_owned(),
-                        source: error.into_error(),
-                    };
-                    let Some(replay) = replay else {
+                let (unsent, source) = unsent_and_cause(error);
+                let failed = || ProxyError::Upstream {
+                    backend: backend.id().to_owned(),
+                    source,
+                };
+                let Some(unsent) = unsent else {
+                    // Sent, and the connection broke before the answer.
+                    self.observe(backend, Outcome::Reset);
+                    let error = failed();
+                    if prepared.request.is_none() {
                         return Err(error);
-                    };
+                    }
                     tracing::debug!(%error, "idempotent request: trying the next backend");
-                    request = replay;
-                    last_error = Some(error);
+                    last_error = Some(Box::new(error));
                     continue 'backends;
                 };
-                request = unsent;
+                prepared.request = Some(unsent);
                 if !conn.is_reused() {
-                    self.observe(&backend, Outcome::Reset);
-                    last_error = Some(ProxyError::Upstream {
-                        backend: backend.id().to_owned(),
-                        source: error.into_error(),
-                    });
+                    self.observe(backend, Outcome::Reset);
+                    last_error = Some(Box::new(failed()));
                     continue 'backends;
                 }
                 // A pooled connection the backend had closed: same backend, new connection.
-                conn = match Box::pin(shared.upstream.connect(&backend)).await {
+                conn = match Box::pin(shared.upstream.connect(backend)).await {
                     Ok(conn) => conn,
                     Err(error) => {
-                        self.observe(&backend, Outcome::ConnectFailed);
-                        last_error = Some(error);
+                        self.observe(backend, Outcome::ConnectFailed);
+                        last_error = Some(Box::new(error));
                         continue 'backends;
                     }
                 };
             }
         }
-        Err(last_error.unwrap_or(ProxyError::NoHealthyBackend))
+        Err(last_error.map_or(ProxyError::NoHealthyBackend, |error| *error))
     }
 
     fn observe(&self, backend: &Arc<Backend>, outcome: Outcome) {
@@ -645,35 +705,6 @@ impl Proxy {
         *replay.version_mut() = request.version();
         *replay.headers_mut() = request.headers().clone();
         Some(replay)
-    }
-
-    /// Sends `request` on `conn` (at `sent_at`) and waits for the response headers, for at most
-    /// the response timeout counted from when the body has been sent. `None` when that ran out.
-    async fn exchange(
-        &self,
-        conn: &mut Conn,
-        request: Request<RequestBody>,
-        body_sent: &mut Option<oneshot::Receiver<()>>,
-        sent_at: tokio::time::Instant,
-    ) -> Option<Result<Response<Incoming>, TrySendError<Request<RequestBody>>>> {
-        let timeout = self.shared.response_timeout;
-        let (response, timer) = conn.send(request);
-        let deadline = async {
-            // Counted from when the body has been sent; without a body, that is now (one
-            // clock read per request fewer).
-            let from = match body_sent.as_mut() {
-                Some(sent) => {
-                    let _ = sent.await;
-                    tokio::time::Instant::now()
-                }
-                None => sent_at,
-            };
-            timer.elapsed(from, timeout).await;
-        };
-        tokio::select! {
-            response = response => Some(response),
-            () = deadline => None,
-        }
     }
 }
 
@@ -729,7 +760,9 @@ impl LocalResponses {
 
 /// A request rewritten for the backend, with what the exchange needs to know about it.
 struct Prepared {
-    request: Request<RequestBody>,
+    /// Taken out while it is being sent; put back when it comes back unsent, or replaced by its
+    /// replay, to go to another backend.
+    request: Option<Request<RequestBody>>,
     body_sent: Option<oneshot::Receiver<()>>,
     client_upgrade: Option<OnUpgrade>,
     key: Option<u64>,
@@ -757,14 +790,24 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
     type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            Ok(this
-                .proxy
-                .forward_from(request, this.client, &this.client_ip)
-                .await)
-        })
+        let forwarding = self
+            .proxy
+            .forward_from(request, self.client, &self.client_ip);
+        // Boxed once per request. At most 1 KiB, glibc serves it from its per-thread cache; a
+        // larger block goes through the main allocator (and memory moves: it was 4 KiB once).
+        debug_assert!(
+            std::mem::size_of_val(&forwarding) <= 1024,
+            "the request future grew to {} bytes",
+            std::mem::size_of_val(&forwarding)
+        );
+        Box::pin(forwarding)
     }
+}
+
+/// The request a connection handed back unsent, if it did, and why it failed. A function of its
+/// own so that the error, borrowed to take the request out, is not kept in the request's future.
+fn unsent_and_cause<T>(mut error: TrySendError<T>) -> (Option<T>, hyper::Error) {
+    (error.take_message(), error.into_error())
 }
 
 fn ip_header(ip: IpAddr) -> HeaderValue {

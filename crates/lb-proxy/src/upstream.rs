@@ -15,6 +15,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once, PoisonError, Weak};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
@@ -27,6 +28,7 @@ use lb_core::{Address, Backend, Pool, Protocol};
 use rustc_hash::FxBuildHasher;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep, timeout};
+use tokio_util::either::Either;
 
 use crate::ProxyError;
 use crate::body::RequestBody;
@@ -85,16 +87,16 @@ impl ResponseTimer {
         ResponseTimer(Box::pin(tokio::time::sleep_until(Instant::now())))
     }
 
-    /// Completes `timeout` after `from`.
-    pub(crate) async fn elapsed(&mut self, from: Instant, timeout: Duration) {
-        let deadline = from + timeout;
+    /// Ready once `deadline` has passed. A poll function rather than an `async fn`: the
+    /// request's future holds the wait, and this way it is two pointers.
+    pub(crate) fn poll_until(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
         if self.0.deadline() > deadline {
             self.0.as_mut().reset(deadline);
         }
         loop {
-            self.0.as_mut().await;
+            ready!(self.0.as_mut().poll(cx));
             if Instant::now() >= deadline {
-                return;
+                return Poll::Ready(());
             }
             self.0.as_mut().reset(deadline);
         }
@@ -167,19 +169,9 @@ impl Upstream {
         self.shared.opened.load(Ordering::Relaxed)
     }
 
-    /// A kept connection to `backend` if one is ready, else a new one.
-    pub(crate) async fn checkout(&self, backend: &Backend) -> Result<Conn, ProxyError> {
-        match self.kept(backend) {
-            Some(conn) => Ok(conn),
-            // Boxed: connecting is the rare path, and its future would otherwise make every
-            // request's future (copied into a box per request) several hundred bytes larger.
-            None => Box::pin(self.connect_or_join(backend)).await,
-        }
-    }
-
     /// Connects, except to an h2c backend another request is already connecting to: then waits
-    /// for that connection and shares it.
-    async fn connect_or_join(&self, backend: &Backend) -> Result<Conn, ProxyError> {
+    /// for that connection and shares it. For when [`kept`](Self::kept) has none.
+    pub(crate) async fn connect_or_join(&self, backend: &Backend) -> Result<Conn, ProxyError> {
         if backend.protocol() == Protocol::Http1 {
             return self.connect(backend).await;
         }
@@ -199,7 +191,7 @@ impl Upstream {
     }
 
     /// The newest ready idle HTTP/1.1 connection, or the shared h2c connection, to `backend`.
-    fn kept(&self, backend: &Backend) -> Option<Conn> {
+    pub(crate) fn kept(&self, backend: &Backend) -> Option<Conn> {
         let mut slots = self.shared.slots();
         let slot = slots.get_mut(&backend.key())?;
         let sender = match backend.protocol() {
@@ -357,23 +349,18 @@ impl Conn {
         impl Future<Output = Result<Response<Incoming>, TrySendError<Request<RequestBody>>>> + use<>,
         &mut ResponseTimer,
     ) {
-        let (sent, timer) = match &mut self.sender {
+        // `Either` rather than an `async` block around the two: that would hold the hyper
+        // future twice (once captured, once awaited), in every request's future.
+        match &mut self.sender {
             Sender::H1(sender, timer) => {
                 to_http1(&mut request);
-                (Sent::H1(sender.try_send_request(request)), timer)
+                (Either::Left(sender.try_send_request(request)), timer)
             }
             Sender::H2(sender, timer) => {
                 to_http2(&mut request);
-                (Sent::H2(sender.try_send_request(request)), timer)
+                (Either::Right(sender.try_send_request(request)), timer)
             }
-        };
-        let response = async move {
-            match sent {
-                Sent::H1(response) => response.await,
-                Sent::H2(response) => response.await,
-            }
-        };
-        (response, timer)
+        }
     }
 
     /// Returns an HTTP/1.1 connection to the pool, once its response has been read to the end.
@@ -406,12 +393,6 @@ impl Conn {
             });
         }
     }
-}
-
-/// A request handed to a connection, whichever its protocol.
-enum Sent<A, B> {
-    H1(A),
-    H2(B),
 }
 
 /// HTTP/1.1 wants an origin-form target and the host in `Host`. The proxy prepares requests so;
