@@ -280,6 +280,60 @@ async fn a_killed_backend_costs_no_client_request_under_steady_load() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_reset_by_its_backend_reaches_the_next_one_whole_and_a_post_does_not() {
+    let reset = Fake::start(Behaviour::Reset).await;
+    let good = backends(1).await;
+    // Round robin from the resetting backend: each GET meets it first or second.
+    let lb = start(
+        &[reset.url.clone(), good[0].url()],
+        &[
+            "--health-probe",
+            "tcp",
+            "--eject-after",
+            "0",
+            "--workers",
+            "1",
+        ],
+    );
+    for n in 1..=4 {
+        let request = Request::get(lb.url("/echo/a%20b?x=1&x=2"))
+            .header("x-multi", "one")
+            .header("x-multi", "two, three")
+            .header("x-empty", "")
+            .header("accept", "*/*")
+            .body(Full::default())
+            .unwrap();
+        let reply = send(&client(), request).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let echo = reply.json();
+        assert_eq!(echo["method"], "GET");
+        assert_eq!(echo["path"], "/echo/a%20b");
+        // The replay keeps the request's counter value.
+        assert_eq!(echo["query"], format!("x=1&x=2&reqCounter={n}"));
+        let headers = &echo["headers"];
+        assert_eq!(headers["x-multi"], serde_json::json!(["one", "two, three"]));
+        assert_eq!(headers["x-empty"], serde_json::json!([""]));
+        assert_eq!(headers["accept"], serde_json::json!(["*/*"]));
+        assert_eq!(headers["x-forwarded-for"], serde_json::json!(["127.0.0.1"]));
+        assert_eq!(headers["host"], headers["x-forwarded-host"]);
+    }
+    assert!(
+        reset.requests() >= 2,
+        "the resetting backend saw {}",
+        reset.requests()
+    );
+    // A request with a body may have been acted on: it is not sent twice.
+    let mut posts = Vec::new();
+    for _ in 0..4 {
+        let request = Request::post(lb.url("/echo"))
+            .body(Full::new(bytes::Bytes::from_static(b"payload")))
+            .unwrap();
+        posts.push(send(&client(), request).await.status.as_u16());
+    }
+    posts.sort_unstable();
+    assert_eq!(posts, [200, 200, 502, 502]);
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_retry_budget_caps_retries_when_every_backend_fails() {
     let fakes = [
         Fake::start(Behaviour::Reset).await,

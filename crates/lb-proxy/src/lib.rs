@@ -41,6 +41,7 @@ mod error;
 mod framing;
 mod hash_key;
 mod proxy;
+mod replay;
 mod rewrite;
 mod server;
 mod upstream;

@@ -29,6 +29,7 @@ use crate::ProxyError;
 use crate::access_log::{AccessLog, Pending};
 use crate::admission::{self, Admission, Admitted, Limits};
 use crate::body::{ProxyBody, RequestBody};
+use crate::replay::Replay;
 use crate::rewrite;
 use crate::upstream::{Conn, Upstream, UpstreamConfig};
 
@@ -466,6 +467,7 @@ impl Proxy {
         let (body, body_sent) = RequestBody::new(body);
         Ok(Prepared {
             request: Some(Request::from_parts(parts, body)),
+            replay: None,
             body_sent,
             client_upgrade,
             key,
@@ -574,10 +576,7 @@ impl Proxy {
                             break 'backends;
                         };
                         let method = request.method().clone();
-                        // The request's copy, if it is to be retried elsewhere should the
-                        // backend break the connection before answering, waits where the
-                        // request was.
-                        prepared.request = self.replay_of(&request, tried.len());
+                        prepared.replay = self.replay_of(&request, tried.len());
                         let sent_at = Instant::now();
                         let (response, timer) = conn.send(request);
                         (response, timer, method, sent_at)
@@ -650,6 +649,7 @@ impl Proxy {
                     // Sent, and the connection broke before the answer.
                     self.observe(backend, Outcome::Reset);
                     let error = failed();
+                    prepared.request = prepared.replay.take().and_then(|r| r.request());
                     if prepared.request.is_none() {
                         return Err(error);
                     }
@@ -687,11 +687,7 @@ impl Proxy {
     /// A copy of `request` to send elsewhere should its backend break the connection before
     /// answering: only for idempotent requests without a body (RFC 9110 §9.2.2), and only when
     /// another backend is left to try, since the copy costs allocations.
-    fn replay_of(
-        &self,
-        request: &Request<RequestBody>,
-        tried: usize,
-    ) -> Option<Request<RequestBody>> {
+    fn replay_of(&self, request: &Request<RequestBody>, tried: usize) -> Option<Replay> {
         if !self.shared.retry_idempotent
             || !request.method().is_idempotent()
             || !http_body::Body::is_end_stream(request.body())
@@ -699,12 +695,7 @@ impl Proxy {
         {
             return None;
         }
-        let mut replay = Request::new(RequestBody::empty());
-        *replay.method_mut() = request.method().clone();
-        *replay.uri_mut() = request.uri().clone();
-        *replay.version_mut() = request.version();
-        *replay.headers_mut() = request.headers().clone();
-        Some(replay)
+        Some(Replay::of(request))
     }
 }
 
@@ -760,9 +751,12 @@ impl LocalResponses {
 
 /// A request rewritten for the backend, with what the exchange needs to know about it.
 struct Prepared {
-    /// Taken out while it is being sent; put back when it comes back unsent, or replaced by its
-    /// replay, to go to another backend.
+    /// Taken out while it is being sent; put back when it comes back unsent, or made again from
+    /// its replay, to go to another backend.
     request: Option<Request<RequestBody>>,
+    /// A copy of the request being sent, if it may be sent again should its backend break the
+    /// connection before answering.
+    replay: Option<Replay>,
     body_sent: Option<oneshot::Receiver<()>>,
     client_upgrade: Option<OnUpgrade>,
     key: Option<u64>,
@@ -793,10 +787,10 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
         let forwarding = self
             .proxy
             .forward_from(request, self.client, &self.client_ip);
-        // Boxed once per request. At most 1 KiB, glibc serves it from its per-thread cache; a
+        // Boxed once per request. Up to 1032 bytes, glibc serves it from its per-thread cache; a
         // larger block goes through the main allocator (and memory moves: it was 4 KiB once).
         debug_assert!(
-            std::mem::size_of_val(&forwarding) <= 1024,
+            std::mem::size_of_val(&forwarding) <= 1032,
             "the request future grew to {} bytes",
             std::mem::size_of_val(&forwarding)
         );
