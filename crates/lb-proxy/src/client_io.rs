@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use crate::coalesce;
 use crate::framing::Inspector;
 
 /// Sent when a request head does not arrive in time, before the connection is closed.
@@ -181,7 +182,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let written = ready!(Pin::new(&mut this.io).poll_write_vectored(cx, bufs));
+        let written = ready!(coalesce::poll_write_vectored(&mut this.io, cx, bufs));
         this.on_write(&written);
         Poll::Ready(written)
     }

@@ -37,6 +37,7 @@ mod access_log;
 mod admission;
 mod body;
 mod client_io;
+mod coalesce;
 mod error;
 mod framing;
 mod hash_key;

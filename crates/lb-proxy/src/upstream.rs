@@ -32,6 +32,7 @@ use tokio_util::either::Either;
 
 use crate::ProxyError;
 use crate::body::RequestBody;
+use crate::coalesce::Coalesced;
 
 /// Settings of the upstream connection pool.
 #[derive(Debug, Clone)]
@@ -246,7 +247,7 @@ impl Upstream {
         let sender = match backend.protocol() {
             Protocol::Http1 => {
                 let (sender, conn) = http1::Builder::new()
-                    .handshake(TokioIo::new(stream))
+                    .handshake(TokioIo::new(Coalesced(stream)))
                     .await
                     .map_err(failed)?;
                 tokio::spawn(async move {
@@ -259,7 +260,7 @@ impl Upstream {
             Protocol::H2c => {
                 let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                     .timer(TokioTimer::new())
-                    .handshake(TokioIo::new(stream))
+                    .handshake(TokioIo::new(Coalesced(stream)))
                     .await
                     .map_err(failed)?;
                 tokio::spawn(async move {
