@@ -46,6 +46,9 @@ pub(crate) struct Admitted {
     in_flight: InFlight,
     limits: Option<Arc<Limits>>,
     observes_latency: bool,
+    /// The snapshot it was admitted from had eligible backends besides this one and those
+    /// already tried: a request failing here could go elsewhere.
+    others_left: bool,
 }
 
 impl Admitted {
@@ -57,6 +60,11 @@ impl Admitted {
     /// True if the strategy that picked the backend wants its response latency reported.
     pub(crate) fn observes_latency(&self) -> bool {
         self.observes_latency
+    }
+
+    /// True if another eligible backend, not yet tried, was left when this one was picked.
+    pub(crate) fn others_left(&self) -> bool {
+        self.others_left
     }
 }
 
@@ -97,6 +105,7 @@ pub(crate) fn admit_now<'a>(
                 in_flight: backend.start_request(),
                 limits: None,
                 observes_latency: snapshot.strategy().uses_latency(),
+                others_left: snapshot.eligible().len() > tried.len() + 1,
             }),
             None => Admission::NoneEligible,
         };
@@ -177,6 +186,7 @@ fn try_admit(pool: &Pool, limits: &Arc<Limits>, tried: &[u64], key: Option<u64>)
                 in_flight,
                 limits: Some(Arc::clone(limits)),
                 observes_latency: snapshot.strategy().uses_latency(),
+                others_left: snapshot.eligible().len() > tried.len() + 1,
             });
         }
         skip.push(backend.key());

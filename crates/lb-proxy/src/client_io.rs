@@ -66,13 +66,18 @@ impl<T> ClientIo<T> {
 
     /// Follows freshly read bytes: the framing guard, and what the timers must watch next.
     fn on_read(&mut self, data: &mut [u8]) {
-        self.last_active = Instant::now();
         self.inspector.inspect(data);
         if self.inspector.heads() != self.heads {
             self.heads = self.inspector.heads();
             self.answering = true;
         }
-        self.head_since = match (self.inspector.in_head(), self.head_since) {
+        let in_head = self.inspector.in_head();
+        // While a request is being answered the idle timeout is not checked, and the answer's
+        // first write sets the time again: a read that ends a head needs no clock.
+        if !self.answering || in_head {
+            self.last_active = Instant::now();
+        }
+        self.head_since = match (in_head, self.head_since) {
             (false, _) => None,
             (true, Some(since)) => Some(since),
             (true, None) => {

@@ -555,10 +555,16 @@ impl Proxy {
             }
             let backend = admitted.backend();
             tried.push(backend.key());
-            let mut conn = match shared.upstream.kept(backend) {
+            // When the request is sent, for its response timeout and latency; read once for
+            // the pool too.
+            let mut sent_at = Instant::now();
+            let mut conn = match shared.upstream.kept(backend, sent_at) {
                 Some(conn) => conn,
                 None => match Box::pin(shared.upstream.connect_or_join(backend)).await {
-                    Ok(conn) => conn,
+                    Ok(conn) => {
+                        sent_at = Instant::now();
+                        conn
+                    }
                     Err(error) => {
                         tracing::debug!(%error, "trying the next backend");
                         self.observe(backend, Outcome::ConnectFailed);
@@ -570,16 +576,15 @@ impl Proxy {
             loop {
                 // One exchange, in a block: what it needs is gone before the reconnect below.
                 let error = {
-                    let (response, timer, method, sent_at) = {
+                    let (response, timer, method) = {
                         let Some(request) = prepared.request.take() else {
                             // Cannot happen: every way back here puts the request back first.
                             break 'backends;
                         };
                         let method = request.method().clone();
-                        prepared.replay = self.replay_of(&request, tried.len());
-                        let sent_at = Instant::now();
+                        prepared.replay = self.replay_of(&request, &admitted);
                         let (response, timer) = conn.send(request);
-                        (response, timer, method, sent_at)
+                        (response, timer, method)
                     };
                     let body_sent = prepared.body_sent.as_mut();
                     let timeout = shared.response_timeout;
@@ -665,7 +670,10 @@ impl Proxy {
                 }
                 // A pooled connection the backend had closed: same backend, new connection.
                 conn = match Box::pin(shared.upstream.connect(backend)).await {
-                    Ok(conn) => conn,
+                    Ok(conn) => {
+                        sent_at = Instant::now();
+                        conn
+                    }
                     Err(error) => {
                         self.observe(backend, Outcome::ConnectFailed);
                         last_error = Some(Box::new(error));
@@ -687,11 +695,11 @@ impl Proxy {
     /// A copy of `request` to send elsewhere should its backend break the connection before
     /// answering: only for idempotent requests without a body (RFC 9110 §9.2.2), and only when
     /// another backend is left to try, since the copy costs allocations.
-    fn replay_of(&self, request: &Request<RequestBody>, tried: usize) -> Option<Replay> {
+    fn replay_of(&self, request: &Request<RequestBody>, admitted: &Admitted) -> Option<Replay> {
         if !self.shared.retry_idempotent
             || !request.method().is_idempotent()
             || !http_body::Body::is_end_stream(request.body())
-            || self.shared.pool.load().eligible().len() <= tried
+            || !admitted.others_left()
         {
             return None;
         }

@@ -185,19 +185,21 @@ impl Upstream {
                 .h2_connecting,
         );
         let _turn = gate.lock().await;
-        match self.kept(backend) {
+        match self.kept(backend, Instant::now()) {
             Some(conn) => Ok(conn),
             None => self.connect(backend).await,
         }
     }
 
-    /// The newest ready idle HTTP/1.1 connection, or the shared h2c connection, to `backend`.
-    pub(crate) fn kept(&self, backend: &Backend) -> Option<Conn> {
+    /// The newest ready idle HTTP/1.1 connection, or the shared h2c connection, to `backend`,
+    /// at `now`.
+    pub(crate) fn kept(&self, backend: &Backend, now: Instant) -> Option<Conn> {
         let mut slots = self.shared.slots();
         let slot = slots.get_mut(&backend.key())?;
         let sender = match backend.protocol() {
             Protocol::Http1 => {
-                let (sender, timer) = take_ready(&mut slot.idle, self.shared.config.idle_timeout)?;
+                let (sender, timer) =
+                    take_ready(&mut slot.idle, self.shared.config.idle_timeout, now)?;
                 Sender::H1(sender, timer)
             }
             Protocol::H2c => match &slot.h2 {
@@ -293,8 +295,8 @@ impl Upstream {
 fn take_ready(
     idle: &mut VecDeque<Idle>,
     idle_timeout: Duration,
+    now: Instant,
 ) -> Option<(http1::SendRequest<RequestBody>, ResponseTimer)> {
-    let now = Instant::now();
     let mut i = idle.len();
     while i > 0 {
         i -= 1;
