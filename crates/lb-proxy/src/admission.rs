@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use lb_core::{Backend, Context, InFlight, Pool};
+use lb_core::{Backend, Context, InFlight, Pool, Snapshot};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -52,6 +52,21 @@ pub(crate) struct Admitted {
 }
 
 impl Admitted {
+    /// A request counted in flight at a backend picked from `snapshot`, after `tried`.
+    fn new(
+        in_flight: InFlight,
+        limits: Option<Arc<Limits>>,
+        snapshot: &Snapshot,
+        tried: &[u64],
+    ) -> Self {
+        Admitted {
+            in_flight,
+            limits,
+            observes_latency: snapshot.strategy().uses_latency(),
+            others_left: snapshot.eligible().len() > tried.len() + 1,
+        }
+    }
+
     /// The backend the request goes to.
     pub(crate) fn backend(&self) -> &Arc<Backend> {
         self.in_flight.backend()
@@ -101,12 +116,12 @@ pub(crate) fn admit_now<'a>(
     let Some(limits) = limits else {
         let snapshot = pool.load();
         return match snapshot.select(&context(tried, key)) {
-            Some(backend) => Admission::Admitted(Admitted {
-                in_flight: backend.start_request(),
-                limits: None,
-                observes_latency: snapshot.strategy().uses_latency(),
-                others_left: snapshot.eligible().len() > tried.len() + 1,
-            }),
+            Some(backend) => Admission::Admitted(Admitted::new(
+                backend.start_request(),
+                None,
+                &snapshot,
+                tried,
+            )),
             None => Admission::NoneEligible,
         };
     };
@@ -182,12 +197,12 @@ fn try_admit(pool: &Pool, limits: &Arc<Limits>, tried: &[u64], key: Option<u64>)
     let mut skip = tried.to_vec();
     while let Some(backend) = snapshot.select(&context(&skip, key)) {
         if let Some(in_flight) = backend.try_start_request(limits.max_in_flight) {
-            return Attempt::Admitted(Admitted {
+            return Attempt::Admitted(Admitted::new(
                 in_flight,
-                limits: Some(Arc::clone(limits)),
-                observes_latency: snapshot.strategy().uses_latency(),
-                others_left: snapshot.eligible().len() > tried.len() + 1,
-            });
+                Some(Arc::clone(limits)),
+                &snapshot,
+                tried,
+            ));
         }
         skip.push(backend.key());
     }

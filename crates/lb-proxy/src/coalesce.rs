@@ -25,20 +25,21 @@ pub(crate) fn poll_write_vectored<W: AsyncWrite + Unpin>(
     bufs: &[IoSlice<'_>],
 ) -> Poll<io::Result<usize>> {
     let mut pieces = bufs.iter().filter(|buf| !buf.is_empty());
-    let (Some(first), None) = (pieces.next(), pieces.clone().next()) else {
-        let total: usize = bufs.iter().map(|buf| buf.len()).sum();
-        if total > MAX {
-            return Pin::new(io).poll_write_vectored(cx, bufs);
-        }
-        let mut joined = [0u8; MAX];
-        let mut len = 0;
-        for buf in bufs {
-            joined[len..len + buf.len()].copy_from_slice(buf);
-            len += buf.len();
-        }
-        return Pin::new(io).poll_write(cx, &joined[..len]);
-    };
-    Pin::new(io).poll_write(cx, first)
+    if let (Some(only), None) = (pieces.next(), pieces.next()) {
+        // One piece: a plain write, nothing to copy.
+        return Pin::new(io).poll_write(cx, only);
+    }
+    let total: usize = bufs.iter().map(|buf| buf.len()).sum();
+    if total > MAX {
+        return Pin::new(io).poll_write_vectored(cx, bufs);
+    }
+    let mut joined = [0u8; MAX];
+    let mut len = 0;
+    for buf in bufs {
+        joined[len..len + buf.len()].copy_from_slice(buf);
+        len += buf.len();
+    }
+    Pin::new(io).poll_write(cx, &joined[..len])
 }
 
 /// A stream whose short vectored writes are [coalesced](self): for connections to backends.
