@@ -5,6 +5,9 @@
 //! per request (hyper's own header timeout, which does, cost ~4 % of a request's instructions).
 //! The timer fires at the earliest deadline it may have to enforce, and only then looks at what
 //! the connection did meanwhile.
+//!
+//! It also tells HTTP/1.1 from HTTP/2 (prior knowledge) by the first bytes, keeping them for
+//! hyper, which then gets them together with whatever follows them on the socket.
 
 use std::future::Future;
 use std::io;
@@ -17,6 +20,16 @@ use tokio::time::{Instant, Sleep};
 
 use crate::coalesce;
 use crate::framing::Inspector;
+
+/// How an HTTP/2 client with prior knowledge begins (RFC 9113 §3.4).
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What a client speaks, told by [`ClientIo::sniff`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    Http1,
+    Http2,
+}
 
 /// Sent when a request head does not arrive in time, before the connection is closed.
 const REQUEST_TIMEOUT: &[u8] =
@@ -46,6 +59,10 @@ pub(crate) struct ClientIo<T> {
     answering: bool,
     /// Request heads seen when last looked.
     heads: u64,
+    /// The first bytes, read to tell the protocol; `sniffed[taken..len]` is not yet read by hyper.
+    sniffed: [u8; PREFACE.len()],
+    sniffed_len: u8,
+    sniffed_taken: u8,
 }
 
 impl<T> ClientIo<T> {
@@ -61,6 +78,9 @@ impl<T> ClientIo<T> {
             last_active: now,
             answering: false,
             heads: 0,
+            sniffed: [0; PREFACE.len()],
+            sniffed_len: 0,
+            sniffed_taken: 0,
         }
     }
 
@@ -125,25 +145,54 @@ enum Expired {
     Header,
 }
 
-impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
+impl<T: AsyncRead + AsyncWrite + Unpin> ClientIo<T> {
+    /// Reads the connection's first bytes, as far as needed to tell HTTP/2 with prior knowledge
+    /// (its 24-byte preface) from HTTP/1.1 (anything else, an empty connection included). The
+    /// client timeouts apply while it waits. hyper reads the bytes again from here.
+    pub(crate) async fn sniff(&mut self) -> io::Result<Protocol> {
+        std::future::poll_fn(|cx| self.poll_sniff(cx)).await
+    }
+
+    fn poll_sniff(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Protocol>> {
+        loop {
+            let len = usize::from(self.sniffed_len);
+            if self.sniffed[..len] != PREFACE[..len] {
+                return Poll::Ready(Ok(Protocol::Http1));
+            }
+            if len == PREFACE.len() {
+                return Poll::Ready(Ok(Protocol::Http2));
+            }
+            let mut more = [0; PREFACE.len()];
+            let mut buf = ReadBuf::new(&mut more[..PREFACE.len() - len]);
+            ready!(self.poll_read_io(cx, &mut buf))?;
+            let n = buf.filled().len();
+            if n == 0 {
+                // The client closed: hyper will see the end too, and close quietly.
+                return Poll::Ready(Ok(Protocol::Http1));
+            }
+            self.sniffed[len..len + n].copy_from_slice(&more[..n]);
+            self.sniffed_len += n as u8;
+        }
+    }
+
+    /// Reads from the socket, through the guard and the timeouts.
+    fn poll_read_io(
+        &mut self,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
         let before = buf.filled().len();
-        match Pin::new(&mut this.io).poll_read(cx, buf) {
+        match Pin::new(&mut self.io).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
-                    this.on_read(&mut buf.filled_mut()[before..]);
+                    self.on_read(&mut buf.filled_mut()[before..]);
                 }
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                while this.timer.as_mut().poll(cx).is_ready() {
-                    match this.on_timer() {
+                while self.timer.as_mut().poll(cx).is_ready() {
+                    match self.on_timer() {
                         Ok(()) => continue,
                         Err(Expired::Idle) => {
                             return Poll::Ready(Err(io::Error::new(
@@ -155,7 +204,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<T> {
                             // Best effort: nothing of this request has been answered yet, so a
                             // 408 is a well-formed reply; if the socket will not take it now,
                             // the connection closes without it.
-                            let _ = Pin::new(&mut this.io).poll_write(cx, REQUEST_TIMEOUT);
+                            let _ = Pin::new(&mut self.io).poll_write(cx, REQUEST_TIMEOUT);
                             return Poll::Ready(Err(io::Error::new(
                                 io::ErrorKind::TimedOut,
                                 "request header timeout",
@@ -166,6 +215,38 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<T> {
                 Poll::Pending
             }
         }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let (taken, len) = (
+            usize::from(this.sniffed_taken),
+            usize::from(this.sniffed_len),
+        );
+        if taken == len {
+            return this.poll_read_io(cx, buf);
+        }
+        let n = (len - taken).min(buf.remaining());
+        buf.put_slice(&this.sniffed[taken..taken + n]);
+        this.sniffed_taken += n as u8;
+        if taken + n == len && buf.remaining() > 0 {
+            // Read on in the same call, so that hyper gets the rest of the head with the first
+            // bytes: a first read of only these makes hyper double its read buffer (8 to 16
+            // KiB per connection). What is not there yet, or an error, is for the next read.
+            let before = buf.filled().len();
+            if let Poll::Ready(Ok(())) = Pin::new(&mut this.io).poll_read(cx, buf)
+                && buf.filled().len() > before
+            {
+                this.on_read(&mut buf.filled_mut()[before..]);
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -211,5 +292,75 @@ impl<T> ClientIo<T> {
             self.answering = false;
             self.last_active = Instant::now();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+
+    use super::*;
+
+    fn client_io(io: tokio::io::DuplexStream) -> ClientIo<tokio::io::DuplexStream> {
+        let timeouts = ClientTimeouts {
+            idle: Duration::from_secs(5),
+            header: Duration::from_secs(5),
+        };
+        ClientIo::new(io, 32 * 1024, timeouts)
+    }
+
+    #[tokio::test]
+    async fn http1_is_told_at_the_first_byte_and_its_bytes_read_again_with_what_follows() {
+        let (mut client, server) = duplex(1024);
+        let mut io = client_io(server);
+        let request = b"GET /a HTTP/1.1\r\nHost: a\r\nX-Long: 0123456789\r\n\r\n";
+        client.write_all(&request[..30]).await.unwrap();
+        assert_eq!(io.sniff().await.unwrap(), Protocol::Http1);
+        client.write_all(&request[30..]).await.unwrap();
+        // One read: the sniffed bytes and the rest that had arrived, as hyper wants them.
+        let mut buf = [0; 1024];
+        let n = io.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], &request[..]);
+    }
+
+    #[tokio::test]
+    async fn the_http2_preface_is_waited_for_across_reads() {
+        let (mut client, server) = duplex(1024);
+        let mut io = client_io(server);
+        let sniffing = tokio::spawn(async move {
+            let protocol = io.sniff().await.unwrap();
+            (protocol, io)
+        });
+        client.write_all(&PREFACE[..5]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!sniffing.is_finished(), "decided on a partial preface");
+        client.write_all(&PREFACE[5..]).await.unwrap();
+        client.write_all(b"frames").await.unwrap();
+        let (protocol, mut io) = sniffing.await.unwrap();
+        assert_eq!(protocol, Protocol::Http2);
+        let mut read = Vec::new();
+        let mut buf = [0; 7];
+        while read.len() < PREFACE.len() + 6 {
+            let n = io.read(&mut buf).await.unwrap();
+            read.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(&read[..PREFACE.len()], &PREFACE[..]);
+        assert_eq!(&read[PREFACE.len()..], b"frames");
+    }
+
+    #[tokio::test]
+    async fn a_partial_preface_that_turns_out_otherwise_is_http1_and_an_empty_connection_too() {
+        let (mut client, server) = duplex(1024);
+        let mut io = client_io(server);
+        client.write_all(b"PRI * HTTP/1.1\r\n").await.unwrap();
+        assert_eq!(io.sniff().await.unwrap(), Protocol::Http1);
+
+        let (client, server) = duplex(1024);
+        let mut io = client_io(server);
+        drop(client);
+        assert_eq!(io.sniff().await.unwrap(), Protocol::Http1);
+        assert_eq!(io.read(&mut [0; 8]).await.unwrap(), 0);
     }
 }

@@ -2,19 +2,21 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 
 use crate::Proxy;
-use crate::client_io::{ClientIo, ClientTimeouts};
+use crate::client_io::{ClientIo, ClientTimeouts, Protocol};
+use crate::proxy::ProxyService;
 
 /// Serves a [`Proxy`] on a listener: HTTP/1.1 and HTTP/2 with prior knowledge (h2c) on the
 /// same port, WebSocket and other upgrades passed through.
@@ -93,20 +95,26 @@ impl Server {
     /// what is left and the upgraded (WebSocket) connections, and returns once every task it
     /// started has ended.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
+        let mut http1 = http1::Builder::new();
+        http1
             .timer(TokioTimer::new())
             .max_buf_size(self.max_header_bytes)
+            // The limit proper: the buffer's size alone lets a long head through when it
+            // arrives whole in one read.
+            .max_header_size(self.max_header_bytes)
             // ClientIo enforces the client timeouts without a timer per request.
-            .header_read_timeout(None)
-            .http2()
+            .header_read_timeout(None);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX));
-        let graceful = GracefulShutdown::new();
+        let protocols = Arc::new(Protocols { http1, http2 });
         let connections = TaskTracker::new();
+        // Cancelled when shutdown starts: connections finish what is under way and close.
+        let graceful = CancellationToken::new();
+        // Cancelled when the grace period is over: connections close at once.
         let hard_stop = CancellationToken::new();
-        let mut shutdown = std::pin::pin!(shutdown);
+        let mut shutdown = pin!(shutdown);
         loop {
             let permit = match &self.max_connections {
                 Some(limit) => tokio::select! {
@@ -126,40 +134,116 @@ impl Server {
                 },
             };
             let _ = stream.set_nodelay(true);
-            let service = self.proxy.service(client);
-            let conn = builder
-                .serve_connection_with_upgrades(
-                    TokioIo::new(ClientIo::new(stream, self.max_header_bytes, self.timeouts)),
-                    service,
-                )
-                .into_owned();
-            let conn = graceful.watch(conn);
-            let stopped = hard_stop.clone().cancelled_owned();
+            let io = ClientIo::new(stream, self.max_header_bytes, self.timeouts);
+            let stops = Stops {
+                graceful: graceful.clone().cancelled_owned(),
+                hard: hard_stop.clone().cancelled_owned(),
+            };
+            let connection = serve_connection(
+                Arc::clone(&protocols),
+                io,
+                self.proxy.service(client),
+                client,
+                stops,
+            );
             connections.spawn(async move {
                 let _permit = permit;
-                tokio::select! {
-                    ended = conn => if let Err(error) = ended {
-                        tracing::debug!(%client, %error, "client connection ended with an error");
-                    },
-                    () = stopped => {},
-                }
+                connection.await;
             });
         }
         drop(listener);
         tracing::info!(
-            connections = graceful.count(),
+            connections = connections.len(),
             "shutting down: finishing in-flight requests"
         );
-        if tokio::time::timeout(self.grace_period, graceful.shutdown())
+        graceful.cancel();
+        connections.close();
+        if tokio::time::timeout(self.grace_period, connections.wait())
             .await
             .is_err()
         {
             tracing::warn!(grace_period = ?self.grace_period, "grace period over, closing remaining connections");
         }
         hard_stop.cancel();
-        connections.close();
         connections.wait().await;
         self.proxy.close_upgraded_connections().await;
+    }
+}
+
+/// The two protocols' settings, shared by every connection.
+struct Protocols {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+/// When a connection is to stop: gracefully (once what is under way is done), and at once.
+struct Stops {
+    graceful: WaitForCancellationFutureOwned,
+    hard: WaitForCancellationFutureOwned,
+}
+
+/// Serves one client connection with the protocol its first bytes tell, until it ends or is
+/// stopped. A connection that has not yet sent enough to tell is closed by either stop.
+async fn serve_connection(
+    protocols: Arc<Protocols>,
+    mut io: ClientIo<TcpStream>,
+    service: ProxyService,
+    client: SocketAddr,
+    stops: Stops,
+) {
+    let Stops { graceful, hard } = stops;
+    let mut graceful = pin!(graceful);
+    let protocol = tokio::select! {
+        protocol = io.sniff() => protocol,
+        () = &mut graceful => return,
+    };
+    let ended = match protocol {
+        Ok(Protocol::Http1) => {
+            // Pinned here and lent: moved into `until_stopped`, it would take room twice in
+            // this future.
+            let conn = pin!(
+                protocols
+                    .http1
+                    .serve_connection(TokioIo::new(io), service)
+                    .with_upgrades()
+            );
+            drop(protocols);
+            until_stopped(conn, graceful, hard, |conn| conn.graceful_shutdown()).await
+        }
+        Ok(Protocol::Http2) => {
+            // Boxed: HTTP/1.1 connections, the many, need not make room for it.
+            let mut conn = Box::pin(protocols.http2.serve_connection(TokioIo::new(io), service));
+            drop(protocols);
+            until_stopped(conn.as_mut(), graceful, hard, |conn| {
+                conn.graceful_shutdown()
+            })
+            .await
+        }
+        Err(error) => Err(error.into()),
+    };
+    if let Err(error) = ended {
+        tracing::debug!(%client, %error, "client connection ended with an error");
+    }
+}
+
+/// Runs `conn` to its end; at the graceful stop asks it to finish (`shutdown`), at the hard stop
+/// drops it.
+async fn until_stopped<C>(
+    mut conn: Pin<&mut C>,
+    graceful: Pin<&mut WaitForCancellationFutureOwned>,
+    hard: WaitForCancellationFutureOwned,
+    shutdown: impl FnOnce(Pin<&mut C>),
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    C: Future<Output = hyper::Result<()>>,
+{
+    tokio::select! {
+        ended = conn.as_mut() => return Ok(ended?),
+        () = graceful => shutdown(conn.as_mut()),
+    }
+    tokio::select! {
+        ended = conn => Ok(ended?),
+        () = hard => Ok(()),
     }
 }
 
