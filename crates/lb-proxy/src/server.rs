@@ -10,7 +10,7 @@ use std::time::Duration;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 
@@ -139,17 +139,15 @@ impl Server {
                 graceful: graceful.clone().cancelled_owned(),
                 hard: hard_stop.clone().cancelled_owned(),
             };
-            let connection = serve_connection(
-                Arc::clone(&protocols),
+            let accepted = Accepted {
+                protocols: Arc::clone(&protocols),
                 io,
-                self.proxy.service(client),
+                service: self.proxy.service(client),
                 client,
                 stops,
-            );
-            connections.spawn(async move {
-                let _permit = permit;
-                connection.await;
-            });
+                permit,
+            };
+            connections.spawn(accepted.serve());
         }
         drop(listener);
         tracing::info!(
@@ -182,47 +180,65 @@ struct Stops {
     hard: WaitForCancellationFutureOwned,
 }
 
-/// Serves one client connection with the protocol its first bytes tell, until it ends or is
-/// stopped. A connection that has not yet sent enough to tell is closed by either stop.
-async fn serve_connection(
+/// An accepted client connection, with what serving it needs.
+struct Accepted {
     protocols: Arc<Protocols>,
-    mut io: ClientIo<TcpStream>,
+    io: ClientIo<TcpStream>,
     service: ProxyService,
     client: SocketAddr,
     stops: Stops,
-) {
-    let Stops { graceful, hard } = stops;
-    let mut graceful = pin!(graceful);
-    let protocol = tokio::select! {
-        protocol = io.sniff() => protocol,
-        () = &mut graceful => return,
-    };
-    let ended = match protocol {
-        Ok(Protocol::Http1) => {
-            // Pinned here and lent: moved into `until_stopped`, it would take room twice in
-            // this future.
-            let conn = pin!(
-                protocols
-                    .http1
-                    .serve_connection(TokioIo::new(io), service)
-                    .with_upgrades()
-            );
-            drop(protocols);
-            until_stopped(conn, graceful, hard, |conn| conn.graceful_shutdown()).await
+    /// Held while the connection lasts, under `max_connections`.
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Accepted {
+    /// Serves the connection with the protocol its first bytes tell, until it ends or is
+    /// stopped. A connection that has not yet sent enough to tell is closed by either stop.
+    ///
+    /// A function returning an `async` block that uses `self` in place: an `async fn` would
+    /// keep its arguments twice in its future, which lives as long as the connection.
+    #[expect(clippy::manual_async_fn, reason = "the point is the block's captures")]
+    fn serve(mut self) -> impl Future<Output = ()> + Send + 'static {
+        async move {
+            // Named, so that the block holds it: it captures only the fields it uses.
+            let _permit = self.permit;
+            let mut graceful = pin!(self.stops.graceful);
+            let protocol = tokio::select! {
+                protocol = self.io.sniff() => protocol,
+                () = &mut graceful => return,
+            };
+            let ended = match protocol {
+                Ok(Protocol::Http1) => {
+                    // Pinned here and lent: moved into `until_stopped`, it would take room
+                    // twice in this future.
+                    let conn = pin!(
+                        self.protocols
+                            .http1
+                            .serve_connection(TokioIo::new(self.io), self.service)
+                            .with_upgrades()
+                    );
+                    let hard = self.stops.hard;
+                    until_stopped(conn, graceful, hard, |conn| conn.graceful_shutdown()).await
+                }
+                Ok(Protocol::Http2) => {
+                    // Boxed: HTTP/1.1 connections, the many, need not make room for it.
+                    let mut conn = Box::pin(
+                        self.protocols
+                            .http2
+                            .serve_connection(TokioIo::new(self.io), self.service),
+                    );
+                    let hard = self.stops.hard;
+                    until_stopped(conn.as_mut(), graceful, hard, |conn| {
+                        conn.graceful_shutdown()
+                    })
+                    .await
+                }
+                Err(error) => Err(error.into()),
+            };
+            if let Err(error) = ended {
+                tracing::debug!(client = %self.client, %error, "client connection ended with an error");
+            }
         }
-        Ok(Protocol::Http2) => {
-            // Boxed: HTTP/1.1 connections, the many, need not make room for it.
-            let mut conn = Box::pin(protocols.http2.serve_connection(TokioIo::new(io), service));
-            drop(protocols);
-            until_stopped(conn.as_mut(), graceful, hard, |conn| {
-                conn.graceful_shutdown()
-            })
-            .await
-        }
-        Err(error) => Err(error.into()),
-    };
-    if let Err(error) = ended {
-        tracing::debug!(%client, %error, "client connection ended with an error");
     }
 }
 
