@@ -139,6 +139,37 @@ async fn sigterm_finishes_the_request_in_flight_then_exits_0() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_still_running_when_the_grace_period_ends_is_cut_off() {
+    let backends = backends(1).await;
+    let mut lb = Balancer::start(&["--backend", &backends[0].url(), "--grace-period", "300ms"]);
+    let url = lb.url("/delay/5000");
+    let in_flight = tokio::spawn(async move {
+        let started = Instant::now();
+        let outcome = client()
+            .request(Request::get(url).body(Full::default()).unwrap())
+            .await;
+        (outcome.map(|r| r.status()), started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let signalled = Instant::now();
+    lb.signal("TERM");
+    let status = lb.wait(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "stderr: {}", lb.stderr());
+    let exited_after = signalled.elapsed();
+    assert!(
+        exited_after >= Duration::from_millis(250) && exited_after < Duration::from_secs(3),
+        "the grace period was not what ended it: {exited_after:?}"
+    );
+    // The client is not left waiting for the backend's 5 s: its connection was closed.
+    let (outcome, waited) = tokio::time::timeout(Duration::from_secs(4), in_flight)
+        .await
+        .expect("the cut-off request ends with the balancer")
+        .unwrap();
+    assert!(outcome.is_err(), "{outcome:?}");
+    assert!(waited < Duration::from_secs(4), "{waited:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_stops_an_idle_balancer_with_0() {
     let backends = backends(1).await;
     let mut lb = Balancer::start(&["--backend", &backends[0].url()]);
