@@ -63,6 +63,8 @@ pub(crate) struct ClientIo<T> {
     sniffed: [u8; PREFACE.len()],
     sniffed_len: u8,
     sniffed_taken: u8,
+    /// An error met reading on after the sniffed bytes, for the next read.
+    deferred: Option<io::Error>,
 }
 
 impl<T> ClientIo<T> {
@@ -81,6 +83,7 @@ impl<T> ClientIo<T> {
             sniffed: [0; PREFACE.len()],
             sniffed_len: 0,
             sniffed_taken: 0,
+            deferred: None,
         }
     }
 
@@ -230,6 +233,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<T> {
             usize::from(this.sniffed_len),
         );
         if taken == len {
+            if let Some(error) = this.deferred.take() {
+                return Poll::Ready(Err(error));
+            }
             return this.poll_read_io(cx, buf);
         }
         let n = (len - taken).min(buf.remaining());
@@ -240,10 +246,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<T> {
             // bytes: a first read of only these makes hyper double its read buffer (8 to 16
             // KiB per connection). What is not there yet, or an error, is for the next read.
             let before = buf.filled().len();
-            if let Poll::Ready(Ok(())) = Pin::new(&mut this.io).poll_read(cx, buf)
-                && buf.filled().len() > before
-            {
-                this.on_read(&mut buf.filled_mut()[before..]);
+            match Pin::new(&mut this.io).poll_read(cx, buf) {
+                Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                    this.on_read(&mut buf.filled_mut()[before..]);
+                }
+                Poll::Ready(Err(error)) => this.deferred = Some(error),
+                _ => {}
             }
         }
         Poll::Ready(Ok(()))
@@ -348,6 +356,56 @@ mod tests {
         }
         assert_eq!(&read[..PREFACE.len()], &PREFACE[..]);
         assert_eq!(&read[PREFACE.len()..], b"frames");
+    }
+
+    /// Reads `data` once, then fails with a reset.
+    struct ResetAfter(Option<&'static [u8]>);
+
+    impl AsyncRead for ResetAfter {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            match self.0.take() {
+                Some(data) => {
+                    buf.put_slice(data);
+                    Poll::Ready(Ok(()))
+                }
+                None => Poll::Ready(Err(io::ErrorKind::ConnectionReset.into())),
+            }
+        }
+    }
+
+    impl AsyncWrite for ResetAfter {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            b: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(b.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_error_right_after_the_sniffed_bytes_comes_with_the_next_read() {
+        let timeouts = ClientTimeouts {
+            idle: Duration::from_secs(5),
+            header: Duration::from_secs(5),
+        };
+        let head = b"GET / HTTP/1.1\r\nHost: a";
+        let mut io = ClientIo::new(ResetAfter(Some(head)), 1024, timeouts);
+        assert_eq!(io.sniff().await.unwrap(), Protocol::Http1);
+        let mut buf = [0; 64];
+        assert_eq!(io.read(&mut buf).await.unwrap(), head.len());
+        let error = io.read(&mut buf).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionReset);
     }
 
     #[tokio::test]

@@ -193,7 +193,8 @@ struct Accepted {
 
 impl Accepted {
     /// Serves the connection with the protocol its first bytes tell, until it ends or is
-    /// stopped. A connection that has not yet sent enough to tell is closed by either stop.
+    /// stopped. A connection that has not yet sent enough to tell is closed when shutdown
+    /// starts.
     ///
     /// A function returning an `async` block that uses `self` in place: an `async fn` would
     /// keep its arguments twice in its future, which lives as long as the connection.
@@ -204,6 +205,8 @@ impl Accepted {
             let _permit = self.permit;
             let mut graceful = pin!(self.stops.graceful);
             let protocol = tokio::select! {
+                // A request that has arrived is served (with `Connection: close`), not dropped.
+                biased;
                 protocol = self.io.sniff() => protocol,
                 () = &mut graceful => return,
             };
