@@ -178,46 +178,51 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ClientIo<T> {
         }
     }
 
+    /// Reads from the socket through the guard; the timeouts are the caller's.
+    fn poll_read_guarded(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let read = ready!(Pin::new(&mut self.io).poll_read(cx, buf));
+        if read.is_ok() && buf.filled().len() > before {
+            self.on_read(&mut buf.filled_mut()[before..]);
+        }
+        Poll::Ready(read)
+    }
+
     /// Reads from the socket, through the guard and the timeouts.
     fn poll_read_io(
         &mut self,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        match Pin::new(&mut self.io).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before {
-                    self.on_read(&mut buf.filled_mut()[before..]);
+        if let Poll::Ready(read) = self.poll_read_guarded(cx, buf) {
+            return Poll::Ready(read);
+        }
+        while self.timer.as_mut().poll(cx).is_ready() {
+            match self.on_timer() {
+                Ok(()) => continue,
+                Err(Expired::Idle) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "idle timeout",
+                    )));
                 }
-                Poll::Ready(Ok(()))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => {
-                while self.timer.as_mut().poll(cx).is_ready() {
-                    match self.on_timer() {
-                        Ok(()) => continue,
-                        Err(Expired::Idle) => {
-                            return Poll::Ready(Err(io::Error::new(
-                                io::ErrorKind::TimedOut,
-                                "idle timeout",
-                            )));
-                        }
-                        Err(Expired::Header) => {
-                            // Best effort: nothing of this request has been answered yet, so a
-                            // 408 is a well-formed reply; if the socket will not take it now,
-                            // the connection closes without it.
-                            let _ = Pin::new(&mut self.io).poll_write(cx, REQUEST_TIMEOUT);
-                            return Poll::Ready(Err(io::Error::new(
-                                io::ErrorKind::TimedOut,
-                                "request header timeout",
-                            )));
-                        }
-                    }
+                Err(Expired::Header) => {
+                    // Best effort: nothing of this request has been answered yet, so a
+                    // 408 is a well-formed reply; if the socket will not take it now,
+                    // the connection closes without it.
+                    let _ = Pin::new(&mut self.io).poll_write(cx, REQUEST_TIMEOUT);
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "request header timeout",
+                    )));
                 }
-                Poll::Pending
             }
         }
+        Poll::Pending
     }
 }
 
@@ -245,13 +250,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<T> {
             // Read on in the same call, so that hyper gets the rest of the head with the first
             // bytes: a first read of only these makes hyper double its read buffer (8 to 16
             // KiB per connection). What is not there yet, or an error, is for the next read.
-            let before = buf.filled().len();
-            match Pin::new(&mut this.io).poll_read(cx, buf) {
-                Poll::Ready(Ok(())) if buf.filled().len() > before => {
-                    this.on_read(&mut buf.filled_mut()[before..]);
-                }
-                Poll::Ready(Err(error)) => this.deferred = Some(error),
-                _ => {}
+            if let Poll::Ready(Err(error)) = this.poll_read_guarded(cx, buf) {
+                this.deferred = Some(error);
             }
         }
         Poll::Ready(Ok(()))

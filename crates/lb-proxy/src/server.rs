@@ -135,16 +135,13 @@ impl Server {
             };
             let _ = stream.set_nodelay(true);
             let io = ClientIo::new(stream, self.max_header_bytes, self.timeouts);
-            let stops = Stops {
-                graceful: graceful.clone().cancelled_owned(),
-                hard: hard_stop.clone().cancelled_owned(),
-            };
             let accepted = Accepted {
                 protocols: Arc::clone(&protocols),
                 io,
                 service: self.proxy.service(client),
                 client,
-                stops,
+                graceful: graceful.clone().cancelled_owned(),
+                hard_stop: hard_stop.clone().cancelled_owned(),
                 permit,
             };
             connections.spawn(accepted.serve());
@@ -174,19 +171,16 @@ struct Protocols {
     http2: http2::Builder<TokioExecutor>,
 }
 
-/// When a connection is to stop: gracefully (once what is under way is done), and at once.
-struct Stops {
-    graceful: WaitForCancellationFutureOwned,
-    hard: WaitForCancellationFutureOwned,
-}
-
 /// An accepted client connection, with what serving it needs.
 struct Accepted {
     protocols: Arc<Protocols>,
     io: ClientIo<TcpStream>,
     service: ProxyService,
     client: SocketAddr,
-    stops: Stops,
+    /// Shutdown has started: finish what is under way, then close.
+    graceful: WaitForCancellationFutureOwned,
+    /// The grace period is over: close at once.
+    hard_stop: WaitForCancellationFutureOwned,
     /// Held while the connection lasts, under `max_connections`.
     permit: Option<OwnedSemaphorePermit>,
 }
@@ -203,7 +197,7 @@ impl Accepted {
         async move {
             // Named, so that the block holds it: it captures only the fields it uses.
             let _permit = self.permit;
-            let mut graceful = pin!(self.stops.graceful);
+            let mut graceful = pin!(self.graceful);
             let protocol = tokio::select! {
                 // A request that has arrived is served (with `Connection: close`), not dropped.
                 biased;
@@ -220,7 +214,7 @@ impl Accepted {
                             .serve_connection(TokioIo::new(self.io), self.service)
                             .with_upgrades()
                     );
-                    let hard = self.stops.hard;
+                    let hard = self.hard_stop;
                     until_stopped(conn, graceful, hard, |conn| conn.graceful_shutdown()).await
                 }
                 Ok(Protocol::Http2) => {
@@ -230,7 +224,7 @@ impl Accepted {
                             .http2
                             .serve_connection(TokioIo::new(self.io), self.service),
                     );
-                    let hard = self.stops.hard;
+                    let hard = self.hard_stop;
                     until_stopped(conn.as_mut(), graceful, hard, |conn| {
                         conn.graceful_shutdown()
                     })
