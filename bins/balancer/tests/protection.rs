@@ -167,6 +167,28 @@ async fn max_connections_makes_the_rest_wait_not_fail() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_tunnel_keeps_its_place_under_max_connections() {
+    let backends = backends(1).await;
+    let lb = start(&backends, &["--max-connections", "1", "--workers", "1"]);
+    let stream = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{}/ws", lb.addr), stream)
+        .await
+        .unwrap();
+    // The tunnel is the one connection allowed: the next waits in the listen backlog.
+    let url = lb.url("/ping");
+    let waiting = tokio::spawn(async move { get(&url).await.status });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "served beside an open tunnel");
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let status = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("still waiting after the tunnel closed")
+        .unwrap();
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_backend_queues_a_few_and_turns_the_rest_away_fast() {
     let backends = backends(1).await;
     let lb = start(

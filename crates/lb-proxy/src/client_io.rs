@@ -16,6 +16,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 
 use crate::coalesce;
@@ -65,6 +66,9 @@ pub(crate) struct ClientIo<T> {
     sniffed_taken: u8,
     /// An error met reading on after the sniffed bytes, for the next read.
     deferred: Option<io::Error>,
+    /// The connection's place under the server's `max_connections`, held for as long as its
+    /// bytes are in use; see [`with_permit`](Self::with_permit).
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl<T> ClientIo<T> {
@@ -84,7 +88,16 @@ impl<T> ClientIo<T> {
             sniffed_len: 0,
             sniffed_taken: 0,
             deferred: None,
+            permit: None,
         }
+    }
+
+    /// Holds `permit` until the connection is dropped: by hyper, or, once a request was
+    /// upgraded (WebSocket), by the tunnel that took the connection over from hyper. So an
+    /// upgraded connection counts under the server's `max_connections` as long as it is open.
+    pub(crate) fn with_permit(mut self, permit: Option<OwnedSemaphorePermit>) -> Self {
+        self.permit = permit;
+        self
     }
 
     /// Follows freshly read bytes: the framing guard, and what the timers must watch next.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 
@@ -51,7 +51,8 @@ impl Server {
 
     /// Most client connections open at once, across this server and its clones (default: no
     /// limit). At the limit no more are accepted until one closes: new ones wait in the
-    /// kernel's listen backlog, as with HAProxy's `maxconn`.
+    /// kernel's listen backlog, as with HAProxy's `maxconn`. An upgraded (WebSocket) connection
+    /// counts until it closes.
     pub fn max_connections(mut self, max: Option<usize>) -> Self {
         self.max_connections = max.map(|m| Arc::new(Semaphore::new(m)));
         self
@@ -134,7 +135,8 @@ impl Server {
                 },
             };
             let _ = stream.set_nodelay(true);
-            let io = ClientIo::new(stream, self.max_header_bytes, self.timeouts);
+            let io =
+                ClientIo::new(stream, self.max_header_bytes, self.timeouts).with_permit(permit);
             let accepted = Accepted {
                 protocols: Arc::clone(&protocols),
                 io,
@@ -142,7 +144,6 @@ impl Server {
                 client,
                 graceful: graceful.clone().cancelled_owned(),
                 hard_stop: hard_stop.clone().cancelled_owned(),
-                permit,
             };
             connections.spawn(accepted.serve());
         }
@@ -181,8 +182,6 @@ struct Accepted {
     graceful: WaitForCancellationFutureOwned,
     /// The grace period is over: close at once.
     hard_stop: WaitForCancellationFutureOwned,
-    /// Held while the connection lasts, under `max_connections`.
-    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Accepted {
@@ -195,8 +194,6 @@ impl Accepted {
     #[expect(clippy::manual_async_fn, reason = "the point is the block's captures")]
     fn serve(mut self) -> impl Future<Output = ()> + Send + 'static {
         async move {
-            // Named, so that the block holds it: it captures only the fields it uses.
-            let _permit = self.permit;
             let mut graceful = pin!(self.graceful);
             let protocol = tokio::select! {
                 // A request that has arrived is served (with `Connection: close`), not dropped.
