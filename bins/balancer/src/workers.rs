@@ -16,16 +16,9 @@ use tokio::sync::watch;
 use crate::access_log;
 
 /// Binds `count` listening sockets on `addr` (the same port for all, also when `addr` asks for
-/// port 0).
+/// port 0); an address in use, even by another balancer, is refused.
 pub(crate) fn bind(addr: SocketAddr, count: usize) -> Result<Vec<StdListener>, String> {
-    let fail = |e: io::Error| format!("cannot listen on {addr}: {e}");
-    let first = lb_proxy::bind_reuseport(addr).map_err(fail)?;
-    let actual = first.local_addr().map_err(fail)?;
-    let mut all = vec![first];
-    for _ in 1..count {
-        all.push(lb_proxy::bind_reuseport(actual).map_err(fail)?);
-    }
-    Ok(all)
+    lb_proxy::bind_listeners(addr, count).map_err(|e| format!("cannot listen on {addr}: {e}"))
 }
 
 /// One worker: serves until told to stop, then writes out its part of the access log.

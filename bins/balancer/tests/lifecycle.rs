@@ -73,6 +73,36 @@ fn a_busy_port_is_a_clear_nonzero_exit() {
     );
 }
 
+/// Each worker's listener shares the port with the others (`SO_REUSEPORT`); a second balancer
+/// must not join them and take part of the first one's connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_another_balancer_listens_on_is_refused() {
+    let backends = backends(1).await;
+    let first = Balancer::start(
+        &args_for(&backends)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    let addr = first.addr.to_string();
+    for workers in ["1", "2"] {
+        let (code, stderr) = run_to_exit(&[
+            "--listen",
+            &addr,
+            "--workers",
+            workers,
+            "--backend",
+            "http://127.0.0.1:1",
+        ]);
+        assert_eq!(code, Some(1), "--workers {workers}: {stderr}");
+        assert!(
+            stderr.contains(&addr) && stderr.to_lowercase().contains("in use"),
+            "{stderr}"
+        );
+    }
+    assert_eq!(get(&first.url("/ping")).await.status, 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_serves_from_its_own_backends_and_says_how_to_try_it() {
     let lb = Balancer::start(&["--demo"]);

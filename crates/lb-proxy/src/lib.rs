@@ -52,4 +52,4 @@ pub use body::ProxyBody;
 pub use error::ProxyError;
 pub use hash_key::HashKey;
 pub use proxy::{Proxy, ProxyBuilder, ProxyService, RetryBudget};
-pub use server::{Server, bind_reuseport, serve};
+pub use server::{Server, bind_listeners, serve};

@@ -276,15 +276,40 @@ async fn pause_after_accept_error(error: &io::Error) {
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
-/// Binds a listening socket on `addr` that other sockets may bind too (`SO_REUSEPORT`), so that
-/// each worker thread can have a listener of its own and the kernel spreads new connections
-/// among them. Bind the first on the address you want (port 0 picks one), the others on the
-/// first one's [`local_addr`](std::net::TcpListener::local_addr). The socket is non-blocking,
-/// ready for [`TcpListener::from_std`], with a backlog of 4096 (capped by `net.core.somaxconn`).
-pub fn bind_reuseport(addr: std::net::SocketAddr) -> io::Result<std::net::TcpListener> {
+/// Binds `count` listening sockets (at least one) on `addr`, one per worker thread, all on the
+/// same port: the one the first is given when `addr` asks for port 0. They share it with
+/// `SO_REUSEPORT`, so that the kernel spreads new connections among them. An address something
+/// already listens on is refused (`AddrInUse`), as a plain bind refuses it, even when that
+/// socket allows sharing too: a second balancer started there by mistake would otherwise
+/// quietly take part of the connections. The sockets are non-blocking, ready for
+/// [`TcpListener::from_std`], with a backlog of 4096 (capped by `net.core.somaxconn`).
+pub fn bind_listeners(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    if addr.port() != 0 {
+        // A socket that does not share ports binds only where nothing listens. It never
+        // listens itself, so closing it leaves nothing behind.
+        socket(addr)?.bind(&addr.into())?;
+    }
+    let first = bind_shared(addr)?;
+    let port = first.local_addr()?.port();
+    let mut all = vec![first];
+    for _ in 1..count {
+        all.push(bind_shared(SocketAddr::new(addr.ip(), port))?);
+    }
+    Ok(all)
+}
+
+/// A TCP socket for `addr`'s family that may bind an address still in `TIME_WAIT` (as std's
+/// listeners do).
+fn socket(addr: SocketAddr) -> io::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    Ok(socket)
+}
+
+/// A listening socket on `addr` that others may bind too.
+fn bind_shared(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = socket(addr)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
