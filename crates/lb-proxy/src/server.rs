@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -105,16 +105,21 @@ impl Server {
             .max_header_size(self.max_header_bytes)
             // ClientIo enforces the client timeouts without a timer per request.
             .header_read_timeout(None);
-        let mut http2 = http2::Builder::new(TokioExecutor::new());
-        http2
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX));
-        let protocols = Arc::new(Protocols { http1, http2 });
         let connections = TaskTracker::new();
+        // HTTP/2 requests, each in a task of its own.
+        let streams = TaskTracker::new();
         // Cancelled when shutdown starts: connections finish what is under way and close.
         let graceful = CancellationToken::new();
         // Cancelled when the grace period is over: connections close at once.
         let hard_stop = CancellationToken::new();
+        let mut http2 = http2::Builder::new(StreamExecutor {
+            tasks: streams.clone(),
+            hard_stop: hard_stop.clone(),
+        });
+        http2
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX));
+        let protocols = Arc::new(Protocols { http1, http2 });
         let mut shutdown = pin!(shutdown);
         loop {
             let permit = match &self.max_connections {
@@ -154,7 +159,12 @@ impl Server {
         );
         graceful.cancel();
         connections.close();
-        if tokio::time::timeout(self.grace_period, connections.wait())
+        streams.close();
+        let finished = async {
+            connections.wait().await;
+            streams.wait().await;
+        };
+        if tokio::time::timeout(self.grace_period, finished)
             .await
             .is_err()
         {
@@ -162,6 +172,7 @@ impl Server {
         }
         hard_stop.cancel();
         connections.wait().await;
+        streams.wait().await;
         self.proxy.close_upgraded_connections().await;
     }
 }
@@ -169,7 +180,29 @@ impl Server {
 /// The two protocols' settings, shared by every connection.
 struct Protocols {
     http1: http1::Builder,
-    http2: http2::Builder<TokioExecutor>,
+    http2: http2::Builder<StreamExecutor>,
+}
+
+/// Runs the task hyper's HTTP/2 server starts for each request as one of the server's own: the
+/// server's stop waits for them, and its hard stop ends them, as it ends the HTTP/1.1 requests
+/// it cuts off. (On their own they would end a little later, once a dropped connection's reset
+/// reaches them, after `serve` has returned.)
+#[derive(Clone)]
+struct StreamExecutor {
+    tasks: TaskTracker,
+    hard_stop: CancellationToken,
+}
+
+impl<F: Future<Output = ()> + Send + 'static> hyper::rt::Executor<F> for StreamExecutor {
+    fn execute(&self, stream: F) {
+        let hard_stop = self.hard_stop.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                () = stream => {}
+                () = hard_stop.cancelled() => {}
+            }
+        });
+    }
 }
 
 /// An accepted client connection, with what serving it needs.
