@@ -551,4 +551,156 @@ mod tests {
         let huge = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFFF\r\n";
         assert_eq!(feed(huge, &[]).1, State::Off);
     }
+
+    mod properties {
+        use proptest::prelude::*;
+        use proptest::sample::Index;
+
+        use super::*;
+
+        /// What request streams are made of: request lines, the headers that decide framing
+        /// (valid and not), blank lines, bodies and chunks, and arbitrary bytes.
+        fn piece() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                Just(b"GET / HTTP/1.1\r\n".to_vec()),
+                Just(b"POST /a HTTP/1.0\n".to_vec()),
+                Just(b"CONNECT a:443 HTTP/1.1\r\n".to_vec()),
+                Just(b"PRI * HTTP/2.0\r\n".to_vec()),
+                Just(b"Host: a\r\n".to_vec()),
+                (0u64..40).prop_map(|n| format!("Content-Length: {n}\r\n").into_bytes()),
+                Just(b"content-length: +1\r\n".to_vec()),
+                Just(b"Transfer-Encoding: chunked\r\n".to_vec()),
+                Just(b"transfer-encoding: gzip, chunked\n".to_vec()),
+                Just(b"Transfer-Encoding: gzip\r\n".to_vec()),
+                Just(b"Upgrade: websocket\r\n".to_vec()),
+                Just(b"\r\n".to_vec()),
+                Just(b"\n".to_vec()),
+                Just(b"5;x=1\r\nhello\r\n".to_vec()),
+                Just(b"0\r\n\r\n".to_vec()),
+                Just(b"0\r\nX-Trailer: 1\r\n\r\n".to_vec()),
+                proptest::collection::vec(any::<u8>(), 0..16),
+            ]
+        }
+
+        /// A well-formed request message, and how the guard must treat it.
+        #[derive(Debug, Clone)]
+        struct Message {
+            bytes: Vec<u8>,
+            /// Where its head's final line feed is.
+            head_end: usize,
+            /// Both `Content-Length` and `Transfer-Encoding`: the guard spoils that line feed.
+            ambiguous: bool,
+            /// An upgrade, or framing the guard leaves to hyper: it stops following.
+            stops: bool,
+        }
+
+        prop_compose! {
+            fn message()(
+                line in prop_oneof![
+                    Just("GET / HTTP/1.1"),
+                    Just("POST /a HTTP/1.0"),
+                    Just("CONNECT a:443 HTTP/1.1"),
+                ],
+                headers in proptest::collection::vec(
+                    prop_oneof![Just("Host: a"), Just("X-A: b"), Just("Upgrade: websocket")],
+                    0..3,
+                ),
+                framing in 0u8..5,
+                body in proptest::collection::vec(any::<u8>(), 0..24),
+                chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..20), 0..3),
+                crlf in any::<bool>(),
+            ) -> Message {
+                let eol = if crlf { "\r\n" } else { "\n" };
+                let mut head = format!("{line}{eol}");
+                for header in &headers {
+                    head += header;
+                    head += eol;
+                }
+                let n = body.len();
+                head += &match framing {
+                    1 => format!("Content-Length: {n}{eol}"),
+                    2 => format!("Transfer-Encoding: chunked{eol}"),
+                    3 => format!("content-length: {n}{eol}transfer-encoding: gzip, chunked{eol}"),
+                    4 => format!("Content-Length: +{n}{eol}"),
+                    _ => String::new(),
+                };
+                head += eol;
+                let mut bytes = head.into_bytes();
+                let head_end = bytes.len() - 1;
+                match framing {
+                    1 | 3 | 4 => bytes.extend_from_slice(&body),
+                    2 => {
+                        for chunk in &chunks {
+                            bytes.extend(format!("{:x};e=1\r\n", chunk.len()).bytes());
+                            bytes.extend_from_slice(chunk);
+                            bytes.extend(b"\r\n");
+                        }
+                        bytes.extend(b"0\r\nX-Trailer: 1\r\n\r\n");
+                    }
+                    _ => {}
+                }
+                let upgrade = line.starts_with("CONNECT") || headers.contains(&"Upgrade: websocket");
+                Message { bytes, head_end, ambiguous: framing == 3, stops: upgrade || framing == 4 }
+            }
+        }
+
+        /// Cut points for a stream of `len` bytes, sorted.
+        fn cut(len: usize, at: &[Index]) -> Vec<usize> {
+            let mut cuts: Vec<usize> = at.iter().map(|i| i.index(len + 1)).collect();
+            cuts.sort_unstable();
+            cuts
+        }
+
+        proptest! {
+            /// Any bytes, in one read or cut anywhere into up to five: the guard follows them the
+            /// same way (and does not panic), and changes at most one byte, a line feed.
+            #[test]
+            fn any_stream_cut_anywhere_is_followed_the_same_way(
+                pieces in proptest::collection::vec(piece(), 0..24),
+                at in proptest::collection::vec(any::<Index>(), 0..5),
+            ) {
+                let stream = pieces.concat();
+                let cuts = cut(stream.len(), &at);
+                let (out, state) = feed(&stream, &cuts);
+                let whole = feed(&stream, &[]);
+                prop_assert_eq!(&out, &whole.0, "cut at {:?}", cuts);
+                prop_assert_eq!(state, whole.1, "cut at {:?}", cuts);
+                let changed: Vec<usize> =
+                    (0..stream.len()).filter(|&i| stream[i] != out[i]).collect();
+                prop_assert!(changed.len() <= 1, "changed at {:?}", changed);
+                for i in changed {
+                    prop_assert_eq!((stream[i], out[i]), (b'\n', 0));
+                    prop_assert_eq!(state, State::Off);
+                }
+            }
+
+            /// Well-formed requests one after another, bodies of every framing, cut anywhere:
+            /// the first ambiguous head is spoiled, exactly, unless an earlier request stopped
+            /// the guard; nothing else is touched.
+            #[test]
+            fn the_first_ambiguous_request_is_caught_wherever_the_reads_end(
+                messages in proptest::collection::vec(message(), 1..6),
+                at in proptest::collection::vec(any::<Index>(), 0..5),
+            ) {
+                let stream: Vec<u8> = messages.iter().flat_map(|m| m.bytes.clone()).collect();
+                let mut expected = stream.clone();
+                let mut expected_state = State::Head;
+                let mut offset = 0;
+                for m in &messages {
+                    if m.ambiguous {
+                        expected[offset + m.head_end] = 0;
+                    }
+                    if m.ambiguous || m.stops {
+                        expected_state = State::Off;
+                        break;
+                    }
+                    offset += m.bytes.len();
+                }
+                let cuts = cut(stream.len(), &at);
+                let (out, state) = feed(&stream, &cuts);
+                prop_assert_eq!(out, expected, "cut at {:?}", cuts);
+                prop_assert_eq!(state, expected_state, "cut at {:?}", cuts);
+            }
+        }
+    }
 }
