@@ -434,4 +434,73 @@ mod tests {
         assert_eq!(io.sniff().await.unwrap(), Protocol::Http1);
         assert_eq!(io.read(&mut [0; 8]).await.unwrap(), 0);
     }
+
+    mod properties {
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+        use proptest::sample::Index;
+
+        use super::*;
+
+        /// Streams that begin with all of the preface, part of it, or anything at all.
+        fn stream() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                vec(any::<u8>(), 0..64),
+                vec(any::<u8>(), 0..64).prop_map(|rest| [&PREFACE[..], &rest].concat()),
+                (0..PREFACE.len(), vec(any::<u8>(), 0..8)).prop_map(|(n, rest)| [
+                    &PREFACE[..n],
+                    &rest
+                ]
+                .concat()),
+            ]
+        }
+
+        proptest! {
+            /// Whatever a client sends, in whatever reads: HTTP/2 exactly when it begins with
+            /// the whole preface, and hyper reads every byte back, in order, none twice.
+            #[test]
+            fn the_protocol_is_told_and_every_byte_handed_on(
+                stream in stream(),
+                at in vec(any::<Index>(), 0..4),
+            ) {
+                let mut cuts: Vec<usize> = at.iter().map(|i| i.index(stream.len() + 1)).collect();
+                cuts.sort_unstable();
+                cuts.push(stream.len());
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .unwrap();
+                let (protocol, read) = runtime.block_on(async {
+                    let (mut client, server) = duplex(4096);
+                    let mut io = client_io(server);
+                    let pieces = cuts.iter().scan(0, |start, &end| {
+                        let piece = &stream[*start..end];
+                        *start = end;
+                        Some(piece)
+                    });
+                    let write = async {
+                        for piece in pieces {
+                            client.write_all(piece).await.unwrap();
+                            tokio::task::yield_now().await;
+                        }
+                        drop(client);
+                    };
+                    let read = async {
+                        let protocol = io.sniff().await.unwrap();
+                        let mut read = Vec::new();
+                        io.read_to_end(&mut read).await.unwrap();
+                        (protocol, read)
+                    };
+                    tokio::join!(write, read).1
+                });
+                let expected = if stream.starts_with(PREFACE) {
+                    Protocol::Http2
+                } else {
+                    Protocol::Http1
+                };
+                prop_assert_eq!(protocol, expected);
+                prop_assert_eq!(read, stream);
+            }
+        }
+    }
 }
