@@ -132,6 +132,51 @@ async fn a_quiet_websocket_outlives_the_idle_timeout() {
     );
 }
 
+/// A client that hangs up, whether still waiting for its answer or in the middle of a streamed
+/// one, is let go at once: its request to the backend is cut off, not run to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_frees_its_backend_at_once() {
+    let backends = backends(1).await;
+    let lb = start(&backends, &["--admin", "127.0.0.1:0"]);
+    let admin = lb.admin_addr().await;
+    let in_flight = async || {
+        get(&format!("http://{admin}/backends")).await.json()[0]["in_flight"]
+            .as_u64()
+            .unwrap()
+    };
+    for (path, wait_for) in [
+        ("/delay/8000", None),
+        ("/stream/40?interval_ms=200", Some("chunk 1\n")),
+    ] {
+        let mut client = TcpStream::connect(lb.addr).unwrap();
+        write!(client, "GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        if let Some(first) = wait_for {
+            client
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0; 1024];
+            while !String::from_utf8_lossy(&seen).contains(first) {
+                let n = client.read(&mut buf).unwrap();
+                assert!(n > 0, "closed before {first:?}");
+                seen.extend_from_slice(&buf[..n]);
+            }
+        }
+        assert!(
+            eventually(Duration::from_secs(5), async || in_flight().await == 1).await,
+            "{path}: never under way"
+        );
+        drop(client);
+        let hung_up = Instant::now();
+        assert!(
+            eventually(Duration::from_secs(3), async || in_flight().await == 0).await,
+            "{path}: the backend still holds the request of a client gone"
+        );
+        assert!(hung_up.elapsed() < Duration::from_secs(3), "{path}");
+    }
+    assert_eq!(get(&lb.url("/ping")).await.status, 200);
+}
+
 /// Sends `n` requests for `path` at once, each on its own connection; returns (status, time) per request.
 async fn burst(lb: &Balancer, path: &str, n: usize) -> Vec<(u16, Duration, String)> {
     let tasks: Vec<_> = (0..n)

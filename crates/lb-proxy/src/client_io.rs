@@ -8,6 +8,11 @@
 //!
 //! It also tells HTTP/1.1 from HTTP/2 (prior knowledge) by the first bytes, keeping them for
 //! hyper, which then gets them together with whatever follows them on the socket.
+//!
+//! And it notices a client that hangs up while its request is being answered, which hyper is
+//! told not to look for (`half_close`): hyper would read the socket for it, and a read while
+//! the request's header values still share hyper's read buffer costs a new 8 KiB buffer per
+//! request. Here it costs a peek: see [`ClientIo::poll_hang_up`].
 
 use std::future::Future;
 use std::io;
@@ -69,6 +74,26 @@ pub(crate) struct ClientIo<T> {
     /// The connection's place under the server's `max_connections`, held for as long as its
     /// bytes are in use; see [`with_permit`](Self::with_permit).
     permit: Option<OwnedSemaphorePermit>,
+    /// A request head was read and hyper has not asked for the next one yet: the request is
+    /// being answered (its response may be streaming), and a hang-up ends it.
+    exchanging: bool,
+    /// Bytes of a next request arrived behind the one being answered (pipelining): no hang-up
+    /// is watched for until the exchange ends (hyper does not look either while it holds
+    /// unread bytes).
+    more_behind: bool,
+}
+
+/// A look at what is waiting to be read, without taking it: how [`ClientIo`] tells a client that
+/// hung up from one that sent more.
+pub(crate) trait Peek {
+    /// As [`TcpStream::poll_peek`](tokio::net::TcpStream::poll_peek).
+    fn poll_peek(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<usize>>;
+}
+
+impl Peek for tokio::net::TcpStream {
+    fn poll_peek(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<usize>> {
+        tokio::net::TcpStream::poll_peek(self, cx, buf)
+    }
 }
 
 impl<T> ClientIo<T> {
@@ -89,6 +114,8 @@ impl<T> ClientIo<T> {
             sniffed_taken: 0,
             deferred: None,
             permit: None,
+            exchanging: false,
+            more_behind: false,
         }
     }
 
@@ -104,8 +131,13 @@ impl<T> ClientIo<T> {
     fn on_read(&mut self, data: &mut [u8]) {
         self.inspector.inspect(data);
         if self.inspector.heads() != self.heads {
+            let new_heads = self.inspector.heads() - self.heads;
             self.heads = self.inspector.heads();
             self.answering = true;
+            if self.exchanging || new_heads > 1 {
+                self.more_behind = true;
+            }
+            self.exchanging = true;
         }
         let in_head = self.inspector.in_head();
         // While a request is being answered the idle timeout is not checked, and the answer's
@@ -251,6 +283,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<T> {
             usize::from(this.sniffed_len),
         );
         if taken == len {
+            if this.inspector.between_requests() {
+                // hyper reads between requests only once the last one is answered.
+                this.exchanging = false;
+                this.more_behind = false;
+            }
             if let Some(error) = this.deferred.take() {
                 return Poll::Ready(Err(error));
             }
@@ -271,7 +308,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
+impl<T: AsyncWrite + Peek + Unpin> AsyncWrite for ClientIo<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -299,11 +336,43 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        ready!(Pin::new(&mut this.io).poll_flush(cx))?;
+        this.poll_hang_up(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+impl<T: Peek> ClientIo<T> {
+    /// Fails once the client has hung up while its request is being answered (the socket's end,
+    /// or a reset, is next to read); that ends the connection and with it the request, as hyper
+    /// does when it notices. Asked on every flush: hyper flushes each time the connection's task
+    /// runs, so this registers the task to be woken when the socket has something to read.
+    /// Bytes of a next request (pipelining) are left for hyper and end the watch for this
+    /// exchange. nginx looks the same way, with a one-byte `MSG_PEEK` (`ngx_http_test_reading`).
+    ///
+    /// Only once the request has been read whole, as the framing guard follows it: while its
+    /// body is still arriving hyper reads it, and sees an end itself.
+    fn poll_hang_up(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.exchanging || self.more_behind || !self.inspector.between_requests() {
+            return Poll::Ready(Ok(()));
+        }
+        let mut byte = [0; 1];
+        match self.io.poll_peek(cx, &mut ReadBuf::new(&mut byte)) {
+            Poll::Pending => Poll::Ready(Ok(())),
+            Poll::Ready(Ok(0)) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the client hung up before its answer",
+            ))),
+            Poll::Ready(Ok(_)) => {
+                self.more_behind = true;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+        }
     }
 }
 
@@ -433,6 +502,93 @@ mod tests {
         drop(client);
         assert_eq!(io.sniff().await.unwrap(), Protocol::Http1);
         assert_eq!(io.read(&mut [0; 8]).await.unwrap(), 0);
+    }
+
+    /// A connection over loopback: the client's end, and ours as the server wraps it.
+    async fn tcp_pair() -> (tokio::net::TcpStream, ClientIo<tokio::net::TcpStream>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let timeouts = ClientTimeouts {
+            idle: Duration::from_secs(5),
+            header: Duration::from_secs(5),
+        };
+        (client, ClientIo::new(server, 32 * 1024, timeouts))
+    }
+
+    /// Flushes `io` as hyper does each time the connection's task runs, until a flush fails or
+    /// `within` passes; the error, if one did.
+    async fn flush_fails_within(
+        io: &mut ClientIo<tokio::net::TcpStream>,
+        within: Duration,
+    ) -> Option<io::Error> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Err(error) = io.flush().await {
+                return Some(error);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        None
+    }
+
+    #[tokio::test]
+    async fn a_client_that_hangs_up_while_answered_fails_the_connection() {
+        let (mut client, mut io) = tcp_pair().await;
+        let request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        client.write_all(request).await.unwrap();
+        assert_eq!(io.sniff().await.unwrap(), Protocol::Http1);
+        io.read_exact(&mut vec![0; request.len()]).await.unwrap();
+        assert!(
+            flush_fails_within(&mut io, Duration::from_millis(100))
+                .await
+                .is_none(),
+            "a client waiting for its answer is not gone"
+        );
+        drop(client);
+        let error = flush_fails_within(&mut io, Duration::from_secs(2))
+            .await
+            .expect("the hang-up was not noticed");
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionAborted);
+    }
+
+    #[tokio::test]
+    async fn a_pipelined_request_a_finished_exchange_or_a_body_on_its_way_is_no_hang_up() {
+        let quiet = Duration::from_millis(300);
+        // The next request waits behind the one being answered; hyper reads it afterwards, and
+        // would not look for the client's end meanwhile either.
+        let (mut client, mut io) = tcp_pair().await;
+        client.write_all(b"GET /1 HTTP/1.1\r\n\r\n").await.unwrap();
+        io.read_exact(&mut [0; 19]).await.unwrap();
+        client.write_all(b"GET /2 HTTP/1.1\r\n\r\n").await.unwrap();
+        assert!(flush_fails_within(&mut io, quiet).await.is_none());
+        drop(client);
+        assert!(flush_fails_within(&mut io, quiet).await.is_none());
+
+        // Answered, and hyper reading for the next request: an end now is a close, which hyper
+        // sees itself.
+        let (mut client, mut io) = tcp_pair().await;
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        io.read_exact(&mut [0; 18]).await.unwrap();
+        io.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        let nothing_yet = tokio::time::timeout(quiet, io.read(&mut [0; 1024])).await;
+        assert!(nothing_yet.is_err());
+        drop(client);
+        assert!(flush_fails_within(&mut io, quiet).await.is_none());
+
+        // A body still arriving: hyper reads it, and sees it cut short itself.
+        let (mut client, mut io) = tcp_pair().await;
+        client
+            .write_all(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+            .await
+            .unwrap();
+        io.read_exact(&mut [0; 42]).await.unwrap();
+        drop(client);
+        assert!(flush_fails_within(&mut io, quiet).await.is_none());
     }
 
     mod properties {

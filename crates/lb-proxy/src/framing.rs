@@ -78,6 +78,12 @@ impl Inspector {
         !self.partial.is_empty()
     }
 
+    /// True when every byte read so far belongs to a message that was read to its end (head
+    /// and body): what the connection sends next, if anything, begins a new request.
+    pub(crate) fn between_requests(&self) -> bool {
+        self.state == State::Head && self.partial.is_empty()
+    }
+
     /// True once a request asked to switch protocols.
     pub(crate) fn upgrade_requested(&self) -> bool {
         self.upgrade

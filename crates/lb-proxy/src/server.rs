@@ -104,7 +104,10 @@ impl Server {
             // arrives whole in one read.
             .max_header_size(self.max_header_bytes)
             // ClientIo enforces the client timeouts without a timer per request.
-            .header_read_timeout(None);
+            .header_read_timeout(None)
+            // And notices a client that hangs up while its request is answered, with a peek
+            // rather than hyper's read (which would take a new 8 KiB buffer per request).
+            .half_close(true);
         let connections = TaskTracker::new();
         // HTTP/2 requests, each in a task of its own.
         let streams = TaskTracker::new();
