@@ -560,8 +560,9 @@ mod tests {
         // The next request waits behind the one being answered; hyper reads it afterwards, and
         // would not look for the client's end meanwhile either.
         let (mut client, mut io) = tcp_pair().await;
-        client.write_all(b"GET /1 HTTP/1.1\r\n\r\n").await.unwrap();
-        io.read_exact(&mut [0; 19]).await.unwrap();
+        let first = b"GET /1 HTTP/1.1\r\n\r\n";
+        client.write_all(first).await.unwrap();
+        io.read_exact(&mut vec![0; first.len()]).await.unwrap();
         client.write_all(b"GET /2 HTTP/1.1\r\n\r\n").await.unwrap();
         assert!(flush_fails_within(&mut io, quiet).await.is_none());
         drop(client);
@@ -570,8 +571,9 @@ mod tests {
         // Answered, and hyper reading for the next request: an end now is a close, which hyper
         // sees itself.
         let (mut client, mut io) = tcp_pair().await;
-        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-        io.read_exact(&mut [0; 18]).await.unwrap();
+        let request = b"GET / HTTP/1.1\r\n\r\n";
+        client.write_all(request).await.unwrap();
+        io.read_exact(&mut vec![0; request.len()]).await.unwrap();
         io.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
             .await
             .unwrap();
@@ -582,11 +584,9 @@ mod tests {
 
         // A body still arriving: hyper reads it, and sees it cut short itself.
         let (mut client, mut io) = tcp_pair().await;
-        client
-            .write_all(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
-            .await
-            .unwrap();
-        io.read_exact(&mut [0; 42]).await.unwrap();
+        let partial = b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc";
+        client.write_all(partial).await.unwrap();
+        io.read_exact(&mut vec![0; partial.len()]).await.unwrap();
         drop(client);
         assert!(flush_fails_within(&mut io, quiet).await.is_none());
     }
